@@ -1,0 +1,290 @@
+"""The asyncio client: many requests in flight over two connections.
+
+One connection carries commands: concurrent calls are queued and sent together
+as one pipeline (automatic pipelining), so 200 callers cost a few round trips,
+not 200 connections. A second connection blocks on the reply streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import core
+from .core import Command, Inputs, ModelInfo, RunResult, StoredVersion
+from .errors import DeadlineExceeded
+from .replies import ReplyRouter
+from .tensor import decode_tensor, encode_tensor
+
+_MAX_PIPELINE = 512
+
+
+class AsyncClient:
+    """asyncio client for inferis; method names follow redisai-py where they can."""
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379",
+        *,
+        partition: int = 0,
+        timeout_ms: int = core.DEFAULT_TIMEOUT_MS,
+        ttl_ms: int = core.DEFAULT_TTL_MS,
+        connection: aioredis.Redis | None = None,
+    ) -> None:
+        self.partition = partition
+        self.timeout_ms = timeout_ms
+        self.ttl_ms = ttl_ms
+        self._url = url
+        self._redis = connection or aioredis.Redis.from_url(
+            url, max_connections=1, connection_pool_class=aioredis.BlockingConnectionPool
+        )
+        self._ids = core.RequestIds()
+        self._router = ReplyRouter(self._ids.client_id, [partition])
+        self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future[Any]]] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reader_conn: aioredis.Redis | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for task in (self._sender, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._sender = self._reader = None
+        if self._reader_conn is not None:
+            await self._reader_conn.aclose()
+        await self._redis.aclose()
+
+    # ---------------------------------------------------------------- transport
+
+    async def _call(self, *args: Any) -> Any:
+        """Send one command through the shared pipeline; raise inferis errors."""
+        loop = asyncio.get_running_loop()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send_loop())
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put_nowait((list(args), future))
+        return await future
+
+    async def _fcall(self, command: Command) -> Any:
+        return await self._call(*command.as_args())
+
+    async def _send_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < _MAX_PIPELINE:
+                batch.append(self._queue.get_nowait())
+            batch = [(args, fut) for args, fut in batch if not fut.done()]
+            if not batch:
+                continue
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for args, _ in batch:
+                    pipe.execute_command(*args)
+                results = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # connection-level: fail this batch only
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), res in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(core.translate_error(res))
+                else:
+                    fut.set_result(res)
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            if self._reader_conn is None:
+                self._reader_conn = aioredis.Redis.from_url(
+                    self._url,
+                    max_connections=1,
+                    connection_pool_class=aioredis.BlockingConnectionPool,
+                )
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        assert self._reader_conn is not None
+        backoff = 0.05
+        while True:
+            try:
+                pipe = self._reader_conn.pipeline(transaction=False)
+                for cmd in self._router.read_commands():
+                    pipe.execute_command(*cmd)
+                results = await pipe.execute()
+                self._router.dispatch(results[-1])
+                backoff = 0.05
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                # Redis restarted or failed over: keep waiting; the reply
+                # streams are in Redis, not here, so nothing is lost.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    # ---------------------------------------------------------------- runs
+
+    async def _run(self, build: Any, rid: str, timeout_ms: int) -> RunResult:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[RunResult] = loop.create_future()
+
+        def resolve(result: RunResult) -> None:
+            if not waiter.done():
+                waiter.set_result(result)
+
+        self._router.expect(rid, resolve)
+        self._ensure_reader()
+        try:
+            await self._fcall(build)
+            try:
+                result = await asyncio.wait_for(
+                    waiter, timeout_ms / 1000 + core.REPLY_GRACE_S
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"request {rid} got no answer within its {timeout_ms} ms deadline"
+                ) from None
+        finally:
+            self._router.forget(rid)
+        if result.missing and result.error is None:
+            values = await self._call("MGET", *[result.output_keys[n] for n in result.missing])
+            core.fill_missing(result, values)
+        return result
+
+    async def run(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int | str | None = None,
+        timeout_ms: int | None = None,
+    ) -> RunResult:
+        """Run ``model`` on inline inputs; the result carries outputs or an error."""
+        rid = self._ids.next()
+        timeout = timeout_ms or self.timeout_ms
+        command = core.build_predict(
+            rid=rid,
+            partition=self.partition,
+            reply_key=self._router.streams[self.partition],
+            model=model,
+            inputs=inputs,
+            version=version,
+            timeout_ms=timeout,
+            ttl_ms=self.ttl_ms,
+        )
+        return await self._run(command, rid, timeout)
+
+    async def predict(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int | str | None = None,
+        timeout_ms: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One call: inputs in, output arrays by name out; errors raise."""
+        result = await self.run(model, inputs, version=version, timeout_ms=timeout_ms)
+        return result.raise_for_error().outputs
+
+    async def modelexecute(
+        self,
+        key: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        *,
+        version: int | str | None = None,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> RunResult:
+        """Run model ``key`` on existing tensor keys, writing ``outputs`` keys."""
+        rid = self._ids.next()
+        timeout = timeout_ms or self.timeout_ms
+        command = core.build_execute(
+            rid=rid,
+            partition=self.partition,
+            reply_key=self._router.streams[self.partition],
+            model=key,
+            input_keys=inputs,
+            output_keys=outputs,
+            input_names=input_names,
+            output_names=output_names,
+            version=version,
+            timeout_ms=timeout,
+            ttl_ms=self.ttl_ms,
+        )
+        return (await self._run(command, rid, timeout)).raise_for_error()
+
+    # ---------------------------------------------------------------- tensors
+
+    async def tensorset(self, key: str, tensor: Any) -> None:
+        await self._fcall(Command("TENSORSET", [key], ["RAW", encode_tensor(tensor)]))
+
+    async def tensorget(self, key: str) -> np.ndarray:
+        return decode_tensor(await self._fcall(Command("TENSORGET", [key], [])))
+
+    # ---------------------------------------------------------------- models
+
+    async def modelstore(
+        self, name: str, backend: str, data: bytes, **options: Any
+    ) -> StoredVersion:
+        """Store a new immutable version (identical content returns the existing one)."""
+        reply: Any = None
+        for command in core.build_modelstore(name, backend, data, **options):
+            reply = await self._fcall(command)
+        return core.parse_stored(name, reply)
+
+    async def modelget(
+        self, name: str, version: int | str | None = None, *, blob: bool = False
+    ) -> ModelInfo | tuple[ModelInfo, bytes]:
+        args: list[Any] = ["META"]
+        if version is not None:
+            args += ["VERSION", str(version)]
+        if blob:
+            args.append("BLOB")
+        info, data = core.parse_model_info(await self._fcall(Command("MODELGET", [name], args)))
+        if blob:
+            assert data is not None
+            core.verify_blob(info, data)
+            return info, data
+        return info
+
+    async def modelversions(self, name: str) -> list[int]:
+        reply = await self._fcall(Command("MODELGET", [name], ["VERSIONS"]))
+        return [int(v) for v in reply]
+
+    async def modeldel(self, name: str, version: int | str | None = None) -> int:
+        args = [] if version is None else ["VERSION", str(version)]
+        return int(await self._fcall(Command("MODELDEL", [name], args)))
+
+    async def modellist(self) -> list[str]:
+        names: list[str] = []
+        cursor: Any = 0
+        while True:
+            cursor, found = await self._call(
+                "SCAN", cursor, "MATCH", "inferis:{*}:seq", "COUNT", 1000
+            )
+            names += [core.model_name_of(k) for k in found]
+            if int(cursor) == 0:
+                return sorted(set(names))
+
+    async def set_max_queue(self, depth: int) -> None:
+        """Refuse MODELRUN with EBUSY while this many requests are queued (0: no bound)."""
+        await self._call("HSET", core.keys.partition_config(self.partition), "max_queue", depth)

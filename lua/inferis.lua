@@ -1,0 +1,718 @@
+#!lua name=inferis
+--[[
+The inferis Redis Functions library: tensors, models and runs as Redis commands.
+
+Every user-facing function is callable from any Redis client with FCALL; the
+wire contract is docs/PROTOCOL.md. Errors are replies whose first word is a
+stable code (EARGS, ETENSOR, EMODEL, EINPUT, EBUSY, ...). Everything is
+validated before anything is written, because Redis does not roll back a
+function that fails half way.
+--]]
+
+local LIB_VERSION = '1'
+
+local MAGIC = 'INFT'
+local FORMAT_VERSION = 1
+local MAX_RANK = 8
+local MAX_TENSOR_BYTES = 256 * 1024 * 1024
+-- Inputs up to this size travel inside the stream entry, so a worker needs no
+-- extra round trip to fetch them.
+local INLINE_LIMIT = 256 * 1024
+local DEFAULT_TIMEOUT_MS = 30000
+local MAX_TIMEOUT_MS = 24 * 3600 * 1000
+local DEFAULT_TTL_MS = 3600 * 1000
+local STAGING_TTL_MS = 3600 * 1000
+local GROUP = 'inferis'
+local MODELS_CHANNEL = 'inferis:models'
+local DEADLETTER_MAXLEN = 100000
+
+-- dtype name -> element size and struct format (nil: no VALUES conversion)
+local DTYPES = {
+  float16 = {size = 2}, bfloat16 = {size = 2},
+  float32 = {size = 4, fmt = '<f', float = '%.9g'},
+  float64 = {size = 8, fmt = '<d', float = '%.17g'},
+  int8 = {size = 1, fmt = '<i1'}, int16 = {size = 2, fmt = '<i2'},
+  int32 = {size = 4, fmt = '<i4'}, int64 = {size = 8, fmt = '<i8'},
+  uint8 = {size = 1, fmt = '<I1'}, uint16 = {size = 2, fmt = '<I2'},
+  uint32 = {size = 4, fmt = '<I4'}, uint64 = {size = 8, fmt = '<I8'},
+  bool = {size = 1, fmt = '<I1', bool = true},
+  str = {size = nil},
+}
+-- Names RedisAI users type, mapped to ours.
+local DTYPE_ALIASES = {
+  FLOAT = 'float32', DOUBLE = 'float64', HALF = 'float16', STRING = 'str',
+}
+
+---------------------------------------------------------------------------
+-- errors
+
+local function fail(code, msg)
+  error({ierr = code .. ' ' .. msg})
+end
+
+-- Run a handler; inferis failures become clean error replies.
+local function guarded(handler)
+  return function(keys, args)
+    local ok, res = pcall(handler, keys, args)
+    if ok then return res end
+    if type(res) == 'table' and res.ierr then return redis.error_reply(res.ierr) end
+    if type(res) == 'table' and res.err then return redis.error_reply(res.err) end
+    return redis.error_reply(tostring(res))
+  end
+end
+
+---------------------------------------------------------------------------
+-- small helpers
+
+local function upper(s) return string.upper(s or '') end
+
+local function to_int(s, what, min, max)
+  local n = tonumber(s)
+  if n == nil or n ~= math.floor(n) then fail('EARGS', what .. ' must be an integer, got ' .. tostring(s)) end
+  if (min and n < min) or (max and n > max) then
+    fail('EARGS', what .. ' out of range: ' .. tostring(s))
+  end
+  return n
+end
+
+local function hash_tag(key)
+  local open = string.find(key, '{', 1, true)
+  if not open then return nil end
+  local close = string.find(key, '}', open + 1, true)
+  if not close or close == open + 1 then return nil end
+  return string.sub(key, open + 1, close - 1)
+end
+
+-- Keys a run creates share the hash tag of the request stream.
+local function request_base(stream)
+  local tag = hash_tag(stream)
+  if tag then return '{' .. tag .. '}' end
+  return stream
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function check_name(name)
+  if type(name) ~= 'string' or #name == 0 or #name > 128 or not string.match(name, '^[%w][%w_.%-]*$') then
+    fail('EARGS', 'model name must be 1-128 characters of letters, digits, _ . - (got ' .. tostring(name) .. ')')
+  end
+end
+
+local function json_list(t)
+  if #t == 0 then return '[]' end
+  return cjson.encode(t)
+end
+
+local function json_map(t)
+  if next(t) == nil then return '{}' end
+  return cjson.encode(t)
+end
+
+---------------------------------------------------------------------------
+-- tensor format (see client/tensor.py)
+
+local function align16(n) return math.ceil(n / 16) * 16 end
+
+local function msgpack_uint(n)
+  if n < 128 then return string.char(n) end
+  if n < 65536 then return '\205' .. struct.pack('>I2', n) end
+  if n < 4294967296 then return '\206' .. struct.pack('>I4', n) end
+  return '\207' .. struct.pack('>I8', n)
+end
+
+local function encode_header(dtype, shape)
+  local parts = {'\146', string.char(160 + #dtype), dtype, string.char(144 + #shape)}
+  for _, d in ipairs(shape) do parts[#parts + 1] = msgpack_uint(d) end
+  local hdr = table.concat(parts)
+  local prefix = MAGIC .. string.char(FORMAT_VERSION, 0) .. struct.pack('<I2', #hdr)
+  return prefix .. hdr .. string.rep('\0', align16(8 + #hdr) - 8 - #hdr)
+end
+
+local function canonical_dtype(name)
+  if DTYPES[name] then return name end
+  local up = upper(name)
+  if DTYPE_ALIASES[up] then return DTYPE_ALIASES[up] end
+  local low = string.lower(name or '')
+  if DTYPES[low] then return low end
+  return nil
+end
+
+local function check_shape(shape)
+  if type(shape) ~= 'table' then fail('ETENSOR', 'tensor shape must be an array') end
+  if #shape > MAX_RANK then fail('ETENSOR', 'tensor rank ' .. #shape .. ' exceeds the limit of ' .. MAX_RANK) end
+  local count = 1
+  for _, d in ipairs(shape) do
+    if type(d) ~= 'number' or d < 0 or d ~= math.floor(d) then
+      fail('ETENSOR', 'tensor dimension ' .. tostring(d) .. ' is not a non-negative integer')
+    end
+    count = count * d
+    if count > MAX_TENSOR_BYTES then
+      fail('ETENSOR', 'tensor has more than ' .. MAX_TENSOR_BYTES .. ' elements')
+    end
+  end
+  return count
+end
+
+-- Validate an encoded tensor value; returns dtype, shape, data offset, count.
+local function parse_tensor(v, what)
+  if type(v) ~= 'string' or #v < 8 or string.sub(v, 1, 4) ~= MAGIC then
+    fail('ETENSOR', what .. ' is not an inferis tensor')
+  end
+  if string.byte(v, 5) ~= FORMAT_VERSION then
+    fail('ETENSOR', what .. ' has unsupported tensor format version ' .. string.byte(v, 5))
+  end
+  if #v > MAX_TENSOR_BYTES + 4096 then
+    fail('ETENSOR', what .. ' exceeds the tensor size limit of ' .. MAX_TENSOR_BYTES .. ' bytes')
+  end
+  local hlen = struct.unpack('<I2', v, 7)
+  local off = align16(8 + hlen)
+  if #v < off then fail('ETENSOR', what .. ' has a truncated header') end
+  local ok, hdr = pcall(cmsgpack.unpack, string.sub(v, 9, 8 + hlen))
+  if not ok or type(hdr) ~= 'table' or type(hdr[1]) ~= 'string' or type(hdr[2]) ~= 'table' then
+    fail('ETENSOR', what .. ' has a corrupt header')
+  end
+  local dtype = hdr[1]
+  if not DTYPES[dtype] then fail('ETENSOR', what .. ' has unknown dtype ' .. dtype) end
+  local count = check_shape(hdr[2])
+  local size = DTYPES[dtype].size
+  if size then
+    local want = count * size
+    if want > MAX_TENSOR_BYTES then
+      fail('ETENSOR', what .. ' exceeds the tensor size limit of ' .. MAX_TENSOR_BYTES .. ' bytes')
+    end
+    if #v - off ~= want then
+      fail('ETENSOR', what .. ': ' .. dtype .. ' shape needs ' .. want .. ' data bytes, got ' .. (#v - off))
+    end
+  end
+  return dtype, hdr[2], off, count
+end
+
+local function pack_values(dtype, values, count)
+  local spec = DTYPES[dtype]
+  if #values ~= count then
+    fail('ETENSOR', 'VALUES has ' .. #values .. ' items, the shape needs ' .. count)
+  end
+  if dtype == 'str' then
+    if count == 0 then return '\144' end
+    return cmsgpack.pack(values)
+  end
+  if not spec.fmt then fail('ETENSOR', 'VALUES is not supported for ' .. dtype .. '; send BLOB') end
+  local out = {}
+  for i, s in ipairs(values) do
+    local n = tonumber(s)
+    if spec.bool then
+      local u = upper(s)
+      if u == 'TRUE' or s == '1' then n = 1 elseif u == 'FALSE' or s == '0' then n = 0 else n = nil end
+    end
+    if n == nil then fail('ETENSOR', 'VALUES item ' .. i .. ' is not a ' .. dtype .. ': ' .. tostring(s)) end
+    if not spec.float and n ~= math.floor(n) then
+      fail('ETENSOR', 'VALUES item ' .. i .. ' is not an integer: ' .. tostring(s))
+    end
+    out[i] = struct.pack(spec.fmt, n)
+  end
+  return table.concat(out)
+end
+
+local function half_to_number(h)
+  local sign = bit.band(h, 0x8000) ~= 0 and -1 or 1
+  local exp = bit.band(bit.rshift(h, 10), 0x1f)
+  local frac = bit.band(h, 0x3ff)
+  if exp == 0 then return sign * frac * 2 ^ -24 end
+  if exp == 31 then
+    if frac == 0 then return sign * math.huge end
+    return 0 / 0
+  end
+  return sign * (1 + frac / 1024) * 2 ^ (exp - 15)
+end
+
+local function unpack_values(dtype, v, off, count)
+  local out = {}
+  if dtype == 'str' then
+    if count == 0 then return out end
+    local ok, items = pcall(cmsgpack.unpack, string.sub(v, off + 1))
+    if not ok or type(items) ~= 'table' then fail('ETENSOR', 'corrupt string tensor data') end
+    return items
+  end
+  local spec = DTYPES[dtype]
+  for i = 0, count - 1 do
+    local pos = off + 1 + i * spec.size
+    local n
+    if dtype == 'float16' then
+      n = half_to_number(struct.unpack('<I2', v, pos))
+    elseif dtype == 'bfloat16' then
+      n = struct.unpack('<f', '\0\0' .. string.sub(v, pos, pos + 1))
+    else
+      n = struct.unpack(spec.fmt, v, pos)
+    end
+    if dtype == 'float16' or dtype == 'bfloat16' then
+      out[i + 1] = string.format('%.5g', n)
+    elseif spec.float then
+      out[i + 1] = string.format(spec.float, n)
+    else
+      out[i + 1] = n
+    end
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- TENSORSET key dtype dim... [BLOB data | VALUES v...]
+-- TENSORSET key RAW encoded
+
+local function tensorset(keys, args)
+  local key = keys[1]
+  if not key then fail('EARGS', 'TENSORSET needs one key') end
+  if upper(args[1]) == 'RAW' then
+    if #args ~= 2 then fail('EARGS', 'TENSORSET key RAW takes exactly one value') end
+    parse_tensor(args[2], 'value')
+    redis.call('SET', key, args[2])
+    return 'OK'
+  end
+  local dtype = canonical_dtype(args[1])
+  if not dtype then fail('ETENSOR', 'unknown dtype ' .. tostring(args[1])) end
+  local shape, i = {}, 2
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'BLOB' or u == 'VALUES' then break end
+    shape[#shape + 1] = to_int(args[i], 'dimension', 0)
+    i = i + 1
+  end
+  local count = check_shape(shape)
+  local data
+  local mode = upper(args[i])
+  if mode == 'BLOB' then
+    if #args ~= i + 1 then fail('EARGS', 'BLOB takes exactly one value') end
+    data = args[i + 1]
+  elseif mode == 'VALUES' then
+    local values = {}
+    for j = i + 1, #args do values[#values + 1] = args[j] end
+    data = pack_values(dtype, values, count)
+  elseif dtype == 'str' then
+    data = pack_values(dtype, {}, count)
+  else
+    data = string.rep('\0', count * DTYPES[dtype].size)
+  end
+  local value = encode_header(dtype, shape) .. data
+  parse_tensor(value, 'value')
+  redis.call('SET', key, value)
+  return 'OK'
+end
+
+-- TENSORGET key [META] [VALUES] [BLOB]; with no option, the raw encoded value.
+local function tensorget(keys, args)
+  local key = keys[1]
+  if not key then fail('EARGS', 'TENSORGET needs one key') end
+  local v = redis.call('GET', key)
+  if not v then fail('ETENSOR', 'tensor key ' .. key .. ' does not exist') end
+  if #args == 0 then return v end
+  local dtype, shape, off, count = parse_tensor(v, 'tensor ' .. key)
+  local out = {}
+  for _, a in ipairs(args) do
+    local u = upper(a)
+    if u == 'META' then
+      out[#out + 1] = 'dtype'; out[#out + 1] = dtype
+      out[#out + 1] = 'shape'; out[#out + 1] = shape
+    elseif u == 'VALUES' then
+      out[#out + 1] = 'values'; out[#out + 1] = unpack_values(dtype, v, off, count)
+    elseif u == 'BLOB' then
+      out[#out + 1] = 'blob'; out[#out + 1] = string.sub(v, off + 1)
+    elseif u == 'RAW' then
+      out[#out + 1] = 'raw'; out[#out + 1] = v
+    else
+      fail('EARGS', 'TENSORGET option must be META, VALUES, BLOB or RAW, got ' .. tostring(a))
+    end
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- models: inferis:{<name>}:... (the name is the hash tag, so KEYS[1] = name
+-- routes every model key of one name to one shard)
+
+local function model_base(name) return 'inferis:{' .. name .. '}' end
+
+local function resolve_version(base, name, v)
+  local version
+  if v == nil or v == '' or string.lower(v) == 'latest' then
+    version = redis.call('GET', base .. ':latest')
+    if not version then fail('EMODEL', 'model ' .. name .. ' has no versions') end
+  elseif string.match(v, '^%d+$') then
+    version = v
+  else
+    version = redis.call('HGET', base .. ':aliases', v)
+    if not version then fail('EMODEL', 'model ' .. name .. ' has no version or alias ' .. v) end
+  end
+  if redis.call('EXISTS', base .. ':v:' .. version) == 0 then
+    fail('EMODEL', 'model ' .. name .. ' has no version ' .. version)
+  end
+  return version
+end
+
+local function parse_spec(name, dtype, shape_text, what)
+  if not name or not dtype or not shape_text then fail('EARGS', what .. ' takes name dtype shape') end
+  local canon = canonical_dtype(dtype)
+  if not canon then fail('EARGS', what .. ' ' .. name .. ': unknown dtype ' .. dtype) end
+  local shape = {}
+  if shape_text ~= '' and shape_text ~= 'scalar' then
+    for part in string.gmatch(shape_text, '[^,]+') do
+      if part == '?' or part == '-1' or part == 'None' then
+        shape[#shape + 1] = -1
+      else
+        shape[#shape + 1] = to_int(part, what .. ' ' .. name .. ' dimension', 0)
+      end
+    end
+  end
+  return {name = name, dtype = canon, shape = shape}
+end
+
+local function is_digest(d)
+  return type(d) == 'string' and #d == 64 and string.match(d, '^[0-9a-f]+$') ~= nil
+end
+
+-- MODELCHUNK name DIGEST hex INDEX i BLOB bytes: stage one chunk of a large blob.
+local function modelchunk(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local digest, index, blob
+  local i = 1
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'DIGEST' then digest = string.lower(args[i + 1] or '')
+    elseif u == 'INDEX' then index = to_int(args[i + 1], 'INDEX', 0, 100000)
+    elseif u == 'BLOB' then blob = args[i + 1]
+    else fail('EARGS', 'MODELCHUNK option ' .. tostring(args[i]) .. ' is unknown') end
+    i = i + 2
+  end
+  if not is_digest(digest) then fail('EARGS', 'DIGEST must be 64 lowercase hex characters (SHA-256)') end
+  if index == nil or blob == nil then fail('EARGS', 'MODELCHUNK needs INDEX and BLOB') end
+  local base = model_base(name)
+  -- A committed blob is immutable: never put a TTL back on its chunks.
+  if redis.call('HEXISTS', base .. ':digests', digest) == 1 then return 0 end
+  redis.call('SET', base .. ':blob:' .. digest .. ':' .. index, blob, 'PX', STAGING_TTL_MS)
+  return 1
+end
+
+-- MODELSTORE name BACKEND b DIGEST hex [FORMAT f] [DEVICE d] [INPUT n dtype shape]...
+--   [OUTPUT n dtype shape]... [BATCH max_size max_delay_us] [TAG k v]... [META json]
+--   (BLOB bytes | CHUNKS n)
+local function modelstore(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local m = {backend = nil, format = '', device = 'CPU', inputs = {}, outputs = {}, tags = {},
+             batching = {}, extra = '{}'}
+  local digest, blob, chunks
+  local i = 1
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'BACKEND' then m.backend = string.lower(args[i + 1] or ''); i = i + 2
+    elseif u == 'FORMAT' then m.format = string.lower(args[i + 1] or ''); i = i + 2
+    elseif u == 'DEVICE' then m.device = upper(args[i + 1]); i = i + 2
+    elseif u == 'DIGEST' then digest = string.lower(args[i + 1] or ''); i = i + 2
+    elseif u == 'BLOB' then blob = args[i + 1]; i = i + 2
+    elseif u == 'CHUNKS' then chunks = to_int(args[i + 1], 'CHUNKS', 1, 100000); i = i + 2
+    elseif u == 'TAG' then
+      if args[i + 2] == nil then fail('EARGS', 'TAG takes key value') end
+      m.tags[args[i + 1]] = args[i + 2]; i = i + 3
+    elseif u == 'INPUT' then
+      m.inputs[#m.inputs + 1] = parse_spec(args[i + 1], args[i + 2], args[i + 3], 'INPUT'); i = i + 4
+    elseif u == 'OUTPUT' then
+      m.outputs[#m.outputs + 1] = parse_spec(args[i + 1], args[i + 2], args[i + 3], 'OUTPUT'); i = i + 4
+    elseif u == 'BATCH' then
+      m.batching = {max_batch_size = to_int(args[i + 1], 'BATCH max size', 0, 1000000),
+                    max_queue_delay_us = to_int(args[i + 2], 'BATCH max delay', 0, 60000000)}
+      i = i + 3
+    elseif u == 'META' then
+      local ok, decoded = pcall(cjson.decode, args[i + 1] or '')
+      if not ok or type(decoded) ~= 'table' then fail('EARGS', 'META must be a JSON object') end
+      m.extra = args[i + 1]; i = i + 2
+    else
+      fail('EARGS', 'MODELSTORE option ' .. tostring(args[i]) .. ' is unknown')
+    end
+  end
+  if not m.backend or m.backend == '' then fail('EARGS', 'MODELSTORE needs BACKEND') end
+  if not string.match(m.backend, '^[%w_]+$') then fail('EARGS', 'BACKEND ' .. m.backend .. ' is not a name') end
+  if not is_digest(digest) then
+    fail('EARGS', 'DIGEST must be the SHA-256 of the blob as 64 lowercase hex characters')
+  end
+  if (blob == nil) == (chunks == nil) then fail('EARGS', 'MODELSTORE needs exactly one of BLOB or CHUNKS') end
+  if blob ~= nil and #blob == 0 then fail('EARGS', 'BLOB is empty') end
+
+  local base = model_base(name)
+  local existing = redis.call('HGET', base .. ':digests', digest)
+  if existing then return {tonumber(existing), digest, 0} end
+
+  local size = 0
+  if chunks then
+    for c = 0, chunks - 1 do
+      local n = redis.call('STRLEN', base .. ':blob:' .. digest .. ':' .. c)
+      if n == 0 then fail('EARGS', 'chunk ' .. c .. ' of ' .. digest .. ' was not uploaded (MODELCHUNK)') end
+      size = size + n
+    end
+    for c = 0, chunks - 1 do redis.call('PERSIST', base .. ':blob:' .. digest .. ':' .. c) end
+  else
+    chunks = 1
+    size = #blob
+    redis.call('SET', base .. ':blob:' .. digest .. ':0', blob)
+  end
+
+  local version = redis.call('INCR', base .. ':seq')
+  redis.call('HSET', base .. ':v:' .. version,
+    'name', name, 'version', version, 'digest', digest, 'backend', m.backend,
+    'format', m.format, 'device', m.device, 'inputs', json_list(m.inputs),
+    'outputs', json_list(m.outputs), 'batching', json_map(m.batching), 'tags', json_map(m.tags),
+    'extra', m.extra, 'created_ms', now_ms(), 'size', size, 'chunks', chunks)
+  redis.call('HSET', base .. ':digests', digest, version)
+  redis.call('ZADD', base .. ':versions', version, version)
+  redis.call('SET', base .. ':latest', version)
+  redis.call('PUBLISH', MODELS_CHANNEL, name)
+  return {version, digest, 1}
+end
+
+-- MODELGET name [VERSION v] [META] [BLOB] [VERSIONS]
+local function modelget(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local base = model_base(name)
+  local v, want_blob, want_list = nil, false, false
+  local i = 1
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'VERSION' then v = args[i + 1]; i = i + 2
+    elseif u == 'META' then i = i + 1
+    elseif u == 'BLOB' then want_blob = true; i = i + 1
+    elseif u == 'VERSIONS' then want_list = true; i = i + 1
+    else fail('EARGS', 'MODELGET option ' .. tostring(args[i]) .. ' is unknown') end
+  end
+  if want_list then
+    local versions = redis.call('ZRANGE', base .. ':versions', 0, -1)
+    if #versions == 0 then fail('EMODEL', 'model ' .. name .. ' has no versions') end
+    return versions
+  end
+  local version = resolve_version(base, name, v)
+  local out = redis.call('HGETALL', base .. ':v:' .. version)
+  if want_blob then
+    local meta = {}
+    for j = 1, #out, 2 do meta[out[j]] = out[j + 1] end
+    local parts = {}
+    for c = 0, tonumber(meta.chunks) - 1 do
+      local part = redis.call('GET', base .. ':blob:' .. meta.digest .. ':' .. c)
+      if not part then fail('EDIGEST', 'model ' .. name .. ' version ' .. version .. ' is missing chunk ' .. c) end
+      parts[#parts + 1] = part
+    end
+    out[#out + 1] = 'blob'
+    out[#out + 1] = table.concat(parts)
+  end
+  return out
+end
+
+local function delete_version(base, version)
+  local meta = base .. ':v:' .. version
+  local digest = redis.call('HGET', meta, 'digest')
+  local chunks = tonumber(redis.call('HGET', meta, 'chunks') or '0')
+  for c = 0, chunks - 1 do redis.call('DEL', base .. ':blob:' .. digest .. ':' .. c) end
+  redis.call('DEL', meta)
+  redis.call('HDEL', base .. ':digests', digest)
+  redis.call('ZREM', base .. ':versions', version)
+  local aliases = redis.call('HGETALL', base .. ':aliases')
+  for j = 1, #aliases, 2 do
+    if aliases[j + 1] == tostring(version) then redis.call('HDEL', base .. ':aliases', aliases[j]) end
+  end
+end
+
+-- MODELDEL name [VERSION v]: one version, or every version of the name.
+-- Version numbers are never reused, so a number always means one content.
+local function modeldel(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local base = model_base(name)
+  local deleted = 0
+  if upper(args[1]) == 'VERSION' then
+    local version = resolve_version(base, name, args[2])
+    delete_version(base, version)
+    deleted = 1
+  elseif args[1] ~= nil then
+    fail('EARGS', 'MODELDEL takes only VERSION v')
+  else
+    local versions = redis.call('ZRANGE', base .. ':versions', 0, -1)
+    if #versions == 0 then fail('EMODEL', 'model ' .. name .. ' has no versions') end
+    for _, version in ipairs(versions) do delete_version(base, version) end
+    deleted = #versions
+  end
+  local newest = redis.call('ZRANGE', base .. ':versions', -1, -1)
+  if #newest == 0 then redis.call('DEL', base .. ':latest') else redis.call('SET', base .. ':latest', newest[1]) end
+  redis.call('PUBLISH', MODELS_CHANNEL, name)
+  return deleted
+end
+
+---------------------------------------------------------------------------
+-- MODELRUN stream inkey... outkey... MODEL name [VERSION v] INPUTS n [OUTPUTS m]
+--   [INNAMES name...] [OUTNAMES name...] [DATA i encoded]... [TIMEOUT ms] [TTL ms]
+--   [REPLYTO stream] [ID rid]
+-- Returns {rid, entry id, reply key, output key or output key prefix...}.
+
+local function modelrun(keys, args)
+  local stream = keys[1]
+  if not stream then fail('EARGS', 'MODELRUN needs the request stream as its first key') end
+  local r = {version = '', n_in = nil, n_out = 0, innames = {}, outnames = {}, data = {},
+             timeout = DEFAULT_TIMEOUT_MS, ttl = DEFAULT_TTL_MS, reply = '', rid = nil}
+  local i = 1
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'MODEL' then r.model = args[i + 1]; i = i + 2
+    elseif u == 'VERSION' then r.version = args[i + 1] or ''; i = i + 2
+    elseif u == 'INPUTS' then r.n_in = to_int(args[i + 1], 'INPUTS', 0, 1000); i = i + 2
+    elseif u == 'OUTPUTS' then r.n_out = to_int(args[i + 1], 'OUTPUTS', 0, 1000); i = i + 2
+    elseif u == 'INNAMES' or u == 'OUTNAMES' then
+      if not r.n_in then fail('EARGS', u .. ' must follow INPUTS and OUTPUTS') end
+      local n = (u == 'INNAMES') and r.n_in or r.n_out
+      local list = (u == 'INNAMES') and r.innames or r.outnames
+      for j = 1, n do
+        if args[i + j] == nil then fail('EARGS', u .. ' needs ' .. n .. ' names') end
+        list[j] = args[i + j]
+      end
+      i = i + n + 1
+    elseif u == 'DATA' then
+      local idx = to_int(args[i + 1], 'DATA index', 1, 1000)
+      if args[i + 2] == nil then fail('EARGS', 'DATA takes index value') end
+      r.data[idx] = args[i + 2]; i = i + 3
+    elseif u == 'TIMEOUT' then r.timeout = to_int(args[i + 1], 'TIMEOUT', 1, MAX_TIMEOUT_MS); i = i + 2
+    elseif u == 'TTL' then r.ttl = to_int(args[i + 1], 'TTL', 0); i = i + 2
+    elseif u == 'REPLYTO' then r.reply = args[i + 1] or ''; i = i + 2
+    elseif u == 'ID' then r.rid = args[i + 1]; i = i + 2
+    else fail('EARGS', 'MODELRUN option ' .. tostring(args[i]) .. ' is unknown') end
+  end
+  check_name(r.model)
+  if not r.n_in then fail('EARGS', 'MODELRUN needs INPUTS n') end
+  if #keys ~= 1 + r.n_in + r.n_out then
+    fail('EARGS', 'MODELRUN declares ' .. (#keys - 1) .. ' tensor keys but INPUTS + OUTPUTS is ' .. (r.n_in + r.n_out))
+  end
+  for idx, _ in pairs(r.data) do
+    if idx > r.n_in then fail('EARGS', 'DATA index ' .. idx .. ' is beyond INPUTS ' .. r.n_in) end
+  end
+  if r.rid ~= nil and (#r.rid == 0 or #r.rid > 64 or not string.match(r.rid, '^[%w_.%-]+$')) then
+    fail('EARGS', 'ID must be 1-64 characters of letters, digits, _ . -')
+  end
+  local base = request_base(stream)
+  if r.reply ~= '' and request_base(r.reply) ~= base then
+    fail('EARGS', 'REPLYTO ' .. r.reply .. ' must share the hash tag of ' .. stream)
+  end
+
+  -- Back-pressure: refuse at once rather than let latency grow without bound.
+  local max_queue = tonumber(redis.call('HGET', base .. ':config', 'max_queue') or '0')
+  if max_queue > 0 and redis.call('XLEN', stream) >= max_queue then
+    fail('EBUSY', 'queue ' .. stream .. ' holds ' .. max_queue .. ' requests; retry later')
+  end
+
+  -- Validate every input before writing anything.
+  local inline = {}
+  for j = 1, r.n_in do
+    local key = keys[1 + j]
+    local what = 'input ' .. j .. ' (' .. key .. ')'
+    if r.data[j] then
+      parse_tensor(r.data[j], what)
+      if #r.data[j] <= INLINE_LIMIT then inline[j] = r.data[j] end
+    else
+      local ok, n = pcall(redis.call, 'STRLEN', key)
+      if not ok then fail('EINPUT', what .. ' is not a string key holding a tensor') end
+      if n == 0 then fail('EINPUT', what .. ' does not exist') end
+      if n <= INLINE_LIMIT then
+        local v = redis.call('GET', key)
+        parse_tensor(v, what)
+        inline[j] = v
+      end
+    end
+  end
+
+  local now = now_ms()
+  local fields = {'model', r.model, 'ver', r.version, 'dl', now + r.timeout, 'ttl', r.ttl,
+                  'reply', r.reply, 't0', now, 'ni', r.n_in, 'no', r.n_out}
+  if r.rid then fields[#fields + 1] = 'rid'; fields[#fields + 1] = r.rid end
+  for j = 1, r.n_in do
+    local n = #fields
+    fields[n + 1] = 'ik' .. j; fields[n + 2] = keys[1 + j]
+    fields[n + 3] = 'in' .. j; fields[n + 4] = r.innames[j] or ''
+    if inline[j] then fields[n + 5] = 'id' .. j; fields[n + 6] = inline[j] end
+  end
+  for j = 1, r.n_out do
+    local n = #fields
+    fields[n + 1] = 'ok' .. j; fields[n + 2] = keys[1 + r.n_in + j]
+    fields[n + 3] = 'on' .. j; fields[n + 4] = r.outnames[j] or ''
+  end
+
+  for j = 1, r.n_in do
+    if r.data[j] then
+      if r.ttl > 0 then redis.call('SET', keys[1 + j], r.data[j], 'PX', r.ttl)
+      else redis.call('SET', keys[1 + j], r.data[j]) end
+    end
+  end
+  local id = redis.call('XADD', stream, '*', unpack(fields))
+  local rid = r.rid or id
+  local reply_key = r.reply
+  if reply_key == '' then reply_key = base .. ':r:' .. rid .. ':done' end
+  local out = {rid, id, reply_key}
+  if r.n_out == 0 then
+    out[4] = base .. ':r:' .. rid .. ':out:'
+  else
+    for j = 1, r.n_out do out[#out + 1] = keys[1 + r.n_in + j] end
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- worker side
+
+-- _INFERIS_COMPLETE stream reply out... | entry_id mode ttl payload blob...
+-- Acknowledge first: if another worker already answered this entry, write
+-- nothing, so a reclaimed request is answered exactly once.
+local function complete(keys, args)
+  local stream, reply = keys[1], keys[2]
+  local entry_id, mode, ttl, payload = args[1], args[2], tonumber(args[3]), args[4]
+  if redis.call('XACK', stream, GROUP, entry_id) == 0 then return 0 end
+  for j = 3, #keys do
+    if ttl > 0 then redis.call('SET', keys[j], args[2 + j], 'PX', ttl)
+    else redis.call('SET', keys[j], args[2 + j]) end
+  end
+  local keep = ttl > 0 and ttl or DEFAULT_TTL_MS
+  if mode == 'stream' then
+    redis.call('XADD', reply, '*', 'd', payload)
+  else
+    redis.call('RPUSH', reply, payload)
+  end
+  redis.call('PEXPIRE', reply, keep)
+  redis.call('XDEL', stream, entry_id)
+  return 1
+end
+
+-- _INFERIS_DEADLETTER stream deadletter reply | entry_id mode payload field value...
+local function deadletter(keys, args)
+  local stream, dlq, reply = keys[1], keys[2], keys[3]
+  local entry_id, mode, payload = args[1], args[2], args[3]
+  if redis.call('XACK', stream, GROUP, entry_id) == 0 then return 0 end
+  local fields = {'entry', entry_id}
+  for j = 4, #args do fields[#fields + 1] = args[j] end
+  redis.call('XADD', dlq, 'MAXLEN', '~', DEADLETTER_MAXLEN, '*', unpack(fields))
+  if mode == 'stream' then
+    redis.call('XADD', reply, '*', 'd', payload)
+  else
+    redis.call('RPUSH', reply, payload)
+  end
+  redis.call('PEXPIRE', reply, DEFAULT_TTL_MS)
+  redis.call('XDEL', stream, entry_id)
+  return 1
+end
+
+local function version(keys, args) return LIB_VERSION end
+
+redis.register_function{function_name = 'TENSORSET', callback = guarded(tensorset)}
+redis.register_function{function_name = 'TENSORGET', callback = guarded(tensorget), flags = {'no-writes'}}
+redis.register_function{function_name = 'MODELCHUNK', callback = guarded(modelchunk)}
+redis.register_function{function_name = 'MODELSTORE', callback = guarded(modelstore)}
+redis.register_function{function_name = 'MODELGET', callback = guarded(modelget), flags = {'no-writes'}}
+redis.register_function{function_name = 'MODELDEL', callback = guarded(modeldel)}
+redis.register_function{function_name = 'MODELRUN', callback = guarded(modelrun)}
+redis.register_function{function_name = '_INFERIS_COMPLETE', callback = guarded(complete)}
+redis.register_function{function_name = '_INFERIS_DEADLETTER', callback = guarded(deadletter)}
+redis.register_function{function_name = 'INFERIS_VERSION', callback = version, flags = {'no-writes'}}
