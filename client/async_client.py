@@ -26,6 +26,11 @@ from .tensor import decode_tensor, encode_tensor
 _MAX_PIPELINE = 512
 
 
+def _single_connection(url: str) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=1)
+    return aioredis.Redis(connection_pool=pool)
+
+
 class AsyncClient:
     """asyncio client for inferis; method names follow redisai-py where they can."""
 
@@ -42,9 +47,7 @@ class AsyncClient:
         self.timeout_ms = timeout_ms
         self.ttl_ms = ttl_ms
         self._url = url
-        self._redis = connection or aioredis.Redis.from_url(
-            url, max_connections=1, connection_pool_class=aioredis.BlockingConnectionPool
-        )
+        self._redis = connection or _single_connection(url)
         self._ids = core.RequestIds()
         self._router = ReplyRouter(self._ids.client_id, [partition])
         self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future[Any]]] | None = None
@@ -115,11 +118,7 @@ class AsyncClient:
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
             if self._reader_conn is None:
-                self._reader_conn = aioredis.Redis.from_url(
-                    self._url,
-                    max_connections=1,
-                    connection_pool_class=aioredis.BlockingConnectionPool,
-                )
+                self._reader_conn = _single_connection(self._url)
             self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _read_loop(self) -> None:

@@ -1,0 +1,7 @@
+"""``python -m inferis.engine worker --redis URL`` and the other subcommands."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

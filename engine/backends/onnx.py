@@ -1,0 +1,92 @@
+"""ONNX Runtime backend: CPU, and the CUDA provider when onnxruntime-gpu has one."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+from inferis.client.core import ModelInfo
+
+from .base import BackendOptions, TensorSpec
+
+log = logging.getLogger(__name__)
+
+# ONNX type strings -> wire dtype names (client/tensor.py)
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "str",
+}
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    dtype = _ONNX_DTYPES.get(arg.type)
+    if dtype is None:
+        # e.g. seq(map(int64,tensor(float))) from a ZipMap node
+        return TensorSpec(arg.name, f"unsupported:{arg.type}", None)
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape or [])
+    return TensorSpec(arg.name, dtype, shape)
+
+
+def gpu_index(device: str) -> int | None:
+    """``GPU``/``GPU:1``/``CUDA:0`` -> device index; CPU -> None."""
+    text = device.upper()
+    if not (text.startswith("GPU") or text.startswith("CUDA")):
+        return None
+    _, _, index = text.partition(":")
+    return int(index) if index else 0
+
+
+class OnnxModel:
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self.inputs = [_spec(a) for a in session.get_inputs()]
+        self.outputs = [_spec(a) for a in session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec in self.outputs:
+            if spec.dtype.startswith("unsupported:"):
+                raise ValueError(
+                    f"output {spec.name} has type {spec.dtype[12:]}, which is not a tensor; "
+                    "for scikit-learn classifiers convert with options={'zipmap': False}"
+                )
+        values = self._session.run(self._output_names, feed)
+        return dict(zip(self._output_names, values, strict=True))
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def load(self, blob: bytes, info: ModelInfo, options: BackendOptions) -> OnnxModel:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = options.inter_op_threads
+        so.log_severity_level = 3
+        providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
+        index = gpu_index(info.device)
+        if index is not None:
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(index)}))
+            else:
+                log.warning(
+                    "model %s v%s asks for %s but this worker has no CUDA provider; "
+                    "running on CPU", info.name, info.version, info.device,
+                )
+        session = ort.InferenceSession(blob, sess_options=so, providers=providers)
+        return OnnxModel(session)

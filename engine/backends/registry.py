@@ -1,0 +1,55 @@
+"""Which backends exist, and the lazy import that finds out if one is installed.
+
+A backend module is imported the first time a model needs it, so a worker
+starts with only the extras it has; a missing one is an error that names
+the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from inferis.client.errors import ArgumentError, BackendUnavailableError
+
+from .base import Backend
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    module: str
+    cls: str
+    extra: str
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "onnx": BackendEntry("inferis.engine.backends.onnx", "OnnxBackend", "onnx"),
+}
+ALIASES = {"onnxruntime": "onnx", "ort": "onnx"}
+
+_loaded: dict[str, Backend] = {}
+
+
+def canonical_name(name: str) -> str:
+    key = name.lower()
+    key = ALIASES.get(key, key)
+    if key not in BACKENDS:
+        raise ArgumentError(f"backend {name!r} is not supported; supported: {', '.join(BACKENDS)}")
+    return key
+
+
+def get_backend(name: str) -> Backend:
+    key = canonical_name(name)
+    backend = _loaded.get(key)
+    if backend is None:
+        entry = BACKENDS[key]
+        try:
+            module = importlib.import_module(entry.module)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend {key} is not installed on this worker ({exc.name or exc}); "
+                f"install it with: pip install 'inferis[{entry.extra}]'"
+            ) from None
+        backend = getattr(module, entry.cls)()
+        _loaded[key] = backend
+    return backend

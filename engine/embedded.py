@@ -1,0 +1,134 @@
+"""A private ``redis-server`` with AOF on, for ``inferis up`` and the tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+class RedisServerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RedisServerError(
+            "redis-server is not on PATH; install it (Debian: apt-get install redis-server) "
+            "or pass --redis URL"
+        )
+    return path
+
+
+class EmbeddedRedis:
+    """One redis-server process on a loopback port, its data in ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        extra_config: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_config = extra_config or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "dir": str(self.data_dir.resolve()),
+            "logfile": str(self.log_path.resolve()),
+            "appendonly": "yes" if self.appendonly else "no",
+            "appendfsync": self.appendfsync,
+            "save": '""',
+            "daemonize": "no",
+            "protected-mode": "yes",
+            **self.extra_config,
+        }
+        path = self.data_dir / "redis.conf"
+        path.write_text("".join(f"{k} {v}\n" for k, v in config.items()))
+        return path
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        config = self._write_config()
+        self.process = subprocess.Popen(
+            [find_redis_server(), str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.wait_ready(timeout_s)
+        return self.url
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RedisServerError(f"redis-server exited: {self.log_tail()}")
+                try:
+                    if client.ping():
+                        return
+                except redis.BusyLoadingError:
+                    pass  # still replaying its AOF
+                except redis.ConnectionError:
+                    pass
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise RedisServerError(f"redis-server did not answer within {timeout_s}s")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case; only what the AOF holds survives."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SHUTDOWN flushes the AOF, then the process exits."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            redis.Redis(port=self.port).shutdown()
+        except redis.ConnectionError:
+            pass  # the expected end of SHUTDOWN
+        except redis.ResponseError:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,155 @@
+"""The worker's model cache: name/version -> metadata -> loaded model by digest.
+
+Numbered versions are immutable, so their metadata is cached until the
+version is deleted. ``latest`` and aliases move, so they are re-resolved when
+a MODELSTORE/MODELDEL notice arrives on the ``inferis:models`` channel, and
+after a short TTL in case a notice was missed. Loaded models are keyed by
+content digest, and every load verifies the blob's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import redis
+from inferis.client import core, keys
+from inferis.client.core import ModelInfo
+from inferis.client.errors import (
+    BackendError,
+    DigestError,
+    InferisError,
+    ModelNotFoundError,
+    UnsafeModelError,
+)
+
+from .backends.base import BackendOptions, LoadedModel
+from .backends.registry import get_backend
+
+log = logging.getLogger(__name__)
+
+# Formats whose loading can execute arbitrary code.
+UNSAFE_FORMATS = frozenset({"pickle", "joblib", "cloudpickle"})
+MOVING_REF_TTL_S = 5.0
+FAILED_LOAD_TTL_S = 30.0
+
+
+@dataclass
+class _Resolved:
+    info: ModelInfo
+    expires: float  # monotonic; inf for a numbered version
+
+
+class ModelCache:
+    def __init__(
+        self, conn: redis.Redis, options: BackendOptions, max_models: int = 32
+    ) -> None:
+        self._redis = conn
+        self._options = options
+        self._max_models = max_models
+        self._resolved: dict[tuple[str, str], _Resolved] = {}
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._failed: dict[str, tuple[InferisError, float]] = {}
+        self.loads = 0
+
+    def rebind(self, conn: redis.Redis) -> None:
+        """Use a new connection (after a reconnect) and drop moving resolutions."""
+        self._redis = conn
+        self.invalidate()
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget resolutions of ``name`` (or all): a version was stored or deleted."""
+        if name is None:
+            self._resolved.clear()
+            return
+        for key in [k for k in self._resolved if k[0] == name]:
+            del self._resolved[key]
+
+    def get(self, name: str, version: str) -> tuple[ModelInfo, LoadedModel]:
+        info = self.resolve(name, version)
+        return info, self.load(info)
+
+    def resolve(self, name: str, version: str) -> ModelInfo:
+        if not keys.is_model_name(name):
+            raise ModelNotFoundError(f"{name!r} is not a valid model name")
+        now = time.monotonic()
+        cached = self._resolved.get((name, version))
+        if cached is not None and cached.expires > now:
+            return cached.info
+        args: list[str] = ["META"]
+        if version:
+            args += ["VERSION", version]
+        try:
+            reply = self._redis.fcall_ro("MODELGET", 1, name, *args)
+        except redis.ResponseError as exc:
+            raise core.translate_error(exc) from None
+        info, _ = core.parse_model_info(reply)
+        fixed = version.isdigit()
+        self._resolved[(name, version)] = _Resolved(
+            info, float("inf") if fixed else now + MOVING_REF_TTL_S
+        )
+        return info
+
+    def load(self, info: ModelInfo) -> LoadedModel:
+        model = self._loaded.get(info.digest)
+        if model is not None:
+            self._loaded.move_to_end(info.digest)
+            return model
+        failed = self._failed.get(info.digest)
+        if failed is not None and failed[1] > time.monotonic():
+            raise failed[0]
+        try:
+            model = self._load_uncached(info)
+        except InferisError as exc:
+            self._failed[info.digest] = (exc, time.monotonic() + FAILED_LOAD_TTL_S)
+            raise
+        self._loaded[info.digest] = model
+        self.loads += 1
+        while len(self._loaded) > self._max_models:
+            _, evicted = self._loaded.popitem(last=False)
+            evicted.close()
+        return model
+
+    def _load_uncached(self, info: ModelInfo) -> LoadedModel:
+        if info.format in UNSAFE_FORMATS and not self._options.trust_unsafe_formats:
+            raise UnsafeModelError(
+                f"model {info.name} v{info.version} is in format {info.format!r}, which can run "
+                "arbitrary code when loaded; the worker refuses it unless started with "
+                "--trust-unsafe-formats"
+            )
+        backend = get_backend(info.backend)
+        blob = self._fetch_blob(info)
+        started = time.perf_counter()
+        try:
+            model = backend.load(blob, info, self._options)
+        except InferisError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                f"cannot load model {info.name} v{info.version} with backend {info.backend}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        log.info(
+            "loaded %s v%s (%s, %d bytes) in %.1f ms",
+            info.name, info.version, info.backend, info.size,
+            (time.perf_counter() - started) * 1000,
+        )
+        return model
+
+    def _fetch_blob(self, info: ModelInfo) -> bytes:
+        pipe = self._redis.pipeline(transaction=False)
+        for index in range(info.chunks):
+            pipe.get(keys.model_key(info.name, f"blob:{info.digest}:{index}"))
+        parts = pipe.execute()
+        if any(p is None for p in parts):
+            raise DigestError(f"model {info.name} v{info.version} is missing blob chunks")
+        blob = b"".join(parts)
+        if hashlib.sha256(blob).hexdigest() != info.digest:
+            raise DigestError(
+                f"model {info.name} v{info.version}: blob SHA-256 does not match its digest "
+                f"{info.digest}; refusing to load it"
+            )
+        return blob

@@ -1,0 +1,76 @@
+"""Reply payloads and the atomic complete/dead-letter calls (docs/PROTOCOL.md).
+
+SDK clients get msgpack on their reply stream, with small outputs inline so
+``predict`` needs no second read. Callers that gave no reply stream (e.g.
+redis-cli) get one JSON line pushed to the request's ``done`` list.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+from .executor import Outcome
+from .requests import REPLY_STREAM, RunRequest
+
+# Outputs up to this size ride inside the reply; larger ones are read by key.
+INLINE_OUTPUT_LIMIT = 256 * 1024
+
+
+def payload(outcome: Outcome, queue_us: int) -> bytes:
+    request = outcome.request
+    ok = outcome.error is None
+    if request.reply_mode == REPLY_STREAM:
+        msg: dict[str, Any] = {
+            "rid": request.rid,
+            "ok": ok,
+            "model": request.model,
+            "version": outcome.version,
+            "timing": {"queue_us": queue_us, "run_us": outcome.run_us},
+        }
+        if ok:
+            msg["outputs"] = [
+                [name, key, blob if len(blob) <= INLINE_OUTPUT_LIMIT else None]
+                for name, key, blob in outcome.outputs
+            ]
+        else:
+            assert outcome.error is not None
+            msg["code"] = outcome.error.code
+            msg["error"] = outcome.error.message
+        return msgpack.packb(msg)
+    doc: dict[str, Any] = {"rid": request.rid, "status": "ok" if ok else "error"}
+    doc["model"] = request.model
+    doc["version"] = outcome.version
+    if ok:
+        doc["outputs"] = {name: key for name, key, _ in outcome.outputs}
+    else:
+        assert outcome.error is not None
+        doc["code"] = outcome.error.code
+        doc["error"] = outcome.error.message
+    return json.dumps(doc).encode()
+
+
+def complete_command(outcome: Outcome, queue_us: int) -> list[Any]:
+    """FCALL _INFERIS_COMPLETE: acknowledge, write outputs and reply atomically."""
+    request = outcome.request
+    out_keys = [key for _, key, _ in outcome.outputs]
+    blobs = [blob for _, _, blob in outcome.outputs]
+    return [
+        "FCALL", "_INFERIS_COMPLETE", 2 + len(out_keys), request.stream, request.reply_key,
+        *out_keys, request.entry_id, request.reply_mode, request.ttl_ms,
+        payload(outcome, queue_us), *blobs,
+    ]
+
+
+def deadletter_command(
+    request: RunRequest, deadletter_key: str, outcome: Outcome, reason: str, deliveries: int
+) -> list[Any]:
+    """FCALL _INFERIS_DEADLETTER: park the entry, tell its caller, acknowledge."""
+    return [
+        "FCALL", "_INFERIS_DEADLETTER", 3, request.stream, deadletter_key, request.reply_key,
+        request.entry_id, request.reply_mode, payload(outcome, 0),
+        "rid", request.rid, "model", request.model, "version", request.version,
+        "reason", reason, "deliveries", deliveries,
+    ]

@@ -1,0 +1,88 @@
+"""Check a request's tensors against a model's signature before the backend runs.
+
+Every mismatch is an InputError that names the input, so the caller learns
+exactly what to fix and the backend never sees a malformed feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from inferis.client.errors import InputError
+from inferis.client.tensor import wire_dtype
+
+from .backends.base import TensorSpec
+
+
+def _names(specs: Sequence[TensorSpec]) -> str:
+    return ", ".join(s.describe() for s in specs)
+
+
+def bind_inputs(
+    model: str, specs: Sequence[TensorSpec], named: Sequence[tuple[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Map (name or "", array) pairs onto the model inputs and validate each."""
+    if len(named) != len(specs):
+        raise InputError(
+            f"model {model} takes {len(specs)} input(s) ({_names(specs)}), got {len(named)}"
+        )
+    given = [name for name, _ in named]
+    if all(given):
+        by_name = {s.name: s for s in specs}
+        unknown = [n for n in given if n not in by_name]
+        if unknown:
+            raise InputError(
+                f"model {model} has no input named {unknown[0]!r}; inputs: {_names(specs)}"
+            )
+        if len(set(given)) != len(given):
+            raise InputError(f"input names repeat: {given}")
+        pairs = [(by_name[n], a) for n, a in named]
+    elif any(given):
+        raise InputError("name every input or none (positional)")
+    else:
+        pairs = list(zip(specs, (a for _, a in named), strict=True))
+    return {spec.name: check_input(spec, array) for spec, array in pairs}
+
+
+def check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    got = wire_dtype(array.dtype)
+    if spec.dtype.startswith("unsupported:"):
+        raise InputError(f"input {spec.name} has non-tensor type {spec.dtype[12:]}")
+    if got != spec.dtype:
+        raise InputError(f"input {spec.name}: expected dtype {spec.dtype}, got {got}")
+    if spec.shape is not None:
+        if array.ndim != len(spec.shape):
+            raise InputError(
+                f"input {spec.name}: expected rank {len(spec.shape)} ({spec.describe()}), "
+                f"got shape {list(array.shape)}"
+            )
+        for axis, (want, have) in enumerate(zip(spec.shape, array.shape, strict=True)):
+            if want is not None and want != have:
+                raise InputError(
+                    f"input {spec.name}: dimension {axis} must be {want} ({spec.describe()}), "
+                    f"got shape {list(array.shape)}"
+                )
+    return array
+
+
+def select_outputs(
+    model: str, specs: Sequence[TensorSpec], requested: Sequence[str], count: int
+) -> list[str]:
+    """Model output names for the request's output slots.
+
+    ``count == 0``: every output. Otherwise ``count`` slots, named or positional.
+    """
+    names = [s.name for s in specs]
+    if count == 0:
+        return names
+    if count > len(names):
+        raise InputError(f"model {model} has {len(names)} output(s) ({names}), asked for {count}")
+    if all(requested) and requested:
+        missing = [n for n in requested if n not in names]
+        if missing:
+            raise InputError(f"model {model} has no output named {missing[0]!r}; outputs: {names}")
+        return list(requested)
+    if any(requested):
+        raise InputError("name every output or none (positional)")
+    return names[:count]

@@ -1,0 +1,58 @@
+"""Start, watch and stop worker processes (``inferis up`` and the tests)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def worker_command(redis_url: str, extra_args: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "inferis.engine", "worker", "--redis", redis_url, *extra_args]
+
+
+class WorkerPool:
+    """N worker processes; a worker that dies unexpectedly is restarted."""
+
+    def __init__(self, redis_url: str, count: int, extra_args: Sequence[str] = ()) -> None:
+        self.redis_url = redis_url
+        self.count = count
+        self.extra_args = list(extra_args)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.restarts = 0
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(worker_command(self.redis_url, self.extra_args))
+
+    def start(self) -> None:
+        self.processes = [self._spawn() for _ in range(self.count)]
+
+    def watch(self) -> None:
+        """Replace workers that exited; call periodically."""
+        for index, process in enumerate(self.processes):
+            code = process.poll()
+            if code is not None:
+                log.warning("worker pid %d exited with %s; starting another", process.pid, code)
+                self.processes[index] = self._spawn()
+                self.restarts += 1
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM: each worker finishes its batch and exits; SIGKILL after the grace."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in self.processes:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.wait()
+        self.processes = []

@@ -1,0 +1,270 @@
+"""The worker process: read requests from partition streams, run, answer.
+
+Delivery is at-least-once. An entry is acknowledged by the same atomic call
+that writes its outputs and reply, so a worker that dies leaves it pending;
+live workers reclaim entries idle longer than ``claim_idle_ms`` (XAUTOCLAIM).
+An entry delivered more than ``max_deliveries`` times is dead-lettered and its
+caller told. Redis going away is waited out, never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from inferis.client import keys
+from inferis.client.errors import DeadLetteredError, InferisError
+
+from .backends.base import BackendOptions
+from .executor import Executor, Outcome
+from .library import ensure_library
+from .models import ModelCache
+from .replies import complete_command, deadletter_command
+from .requests import RunRequest, parse_entry, reply_target
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+@dataclass
+class WorkerConfig:
+    redis_url: str = "redis://localhost:6379"
+    partitions: list[int] = field(default_factory=lambda: [0])
+    consumer: str = ""
+    read_count: int = 64
+    block_ms: int = 500
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 3
+    max_models: int = 32
+    backend: BackendOptions = field(default_factory=BackendOptions)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.consumer = config.consumer or default_consumer_name()
+        self.streams = [keys.request_stream(p) for p in config.partitions]
+        self._stopping = False
+        self._redis: redis.Redis | None = None
+        self._pubsub: Any = None
+        self._cache: ModelCache | None = None
+        self._executor: Executor | None = None
+        self._clock_offset_ms = 0.0
+        self._next_reclaim = 0.0
+        self.served = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self, *_: object) -> None:
+        """Finish the batch in hand, then exit (SIGTERM/SIGINT)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        log.info("worker %s serving %s", self.consumer, ", ".join(self.streams))
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                if self._redis is None:
+                    self._connect()
+                self.step()
+                backoff = 0.1
+            except _REDIS_DOWN as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                self._disconnect()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        self._disconnect()
+        log.info("worker %s stopped after serving %d requests", self.consumer, self.served)
+
+    def _connect(self) -> None:
+        conn = redis.Redis.from_url(
+            self.config.redis_url,
+            socket_timeout=max(5.0, self.config.block_ms / 1000 + 5),
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+        )
+        ensure_library(conn)
+        self._ensure_groups(conn)
+        sec, usec = conn.time()
+        self._clock_offset_ms = sec * 1000 + usec / 1000 - time.time() * 1000
+        pubsub = conn.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.MODELS_CHANNEL)
+        self._redis, self._pubsub = conn, pubsub
+        if self._cache is None:
+            self._cache = ModelCache(conn, self.config.backend, self.config.max_models)
+        else:
+            self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
+        self._executor = Executor(conn, self._cache)
+        log.info("connected to %s", self.config.redis_url)
+
+    def _disconnect(self) -> None:
+        for closeable in (self._pubsub, self._redis):
+            if closeable is not None:
+                with contextlib.suppress(Exception):  # already broken: nothing to release
+                    closeable.close()
+        self._redis = self._pubsub = None
+
+    def _ensure_groups(self, conn: redis.Redis) -> None:
+        for stream in self.streams:
+            try:
+                # From id 0: requests enqueued before any worker existed are served.
+                conn.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def now_ms(self) -> int:
+        """Redis server time, so deadlines set by MODELRUN mean the same here."""
+        return int(time.time() * 1000 + self._clock_offset_ms)
+
+    # ---------------------------------------------------------------- loop
+
+    def step(self) -> int:
+        """One read-run-answer cycle; returns how many entries it handled."""
+        assert self._redis is not None
+        self._drain_notices()
+        handled = 0
+        if time.monotonic() >= self._next_reclaim:
+            handled += self._reclaim()
+            self._next_reclaim = time.monotonic() + self.config.claim_idle_ms / 2000
+        try:
+            reply = self._redis.xreadgroup(
+                keys.GROUP,
+                self.consumer,
+                {s: ">" for s in self.streams},
+                count=self.config.read_count,
+                block=self.config.block_ms,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis came back without our data
+                ensure_library(self._redis)
+                self._ensure_groups(self._redis)
+                return handled
+            raise
+        for raw_stream, entries in reply or []:
+            stream = raw_stream.decode()
+            handled += self._handle(stream, [(i.decode(), f) for i, f in entries if f])
+        return handled
+
+    def _drain_notices(self) -> None:
+        assert self._pubsub is not None and self._cache is not None
+        while True:
+            message = self._pubsub.get_message(timeout=0)
+            if message is None:
+                return
+            if message.get("type") == "message":
+                self._cache.invalidate(message["data"].decode())
+
+    def _handle(
+        self,
+        stream: str,
+        entries: list[tuple[str, dict[bytes, bytes]]],
+        deliveries: dict[str, int] | None = None,
+    ) -> int:
+        assert self._redis is not None and self._executor is not None
+        commands: list[list[Any]] = []
+        runnable: list[RunRequest] = []
+        for entry_id, fields in entries:
+            count = (deliveries or {}).get(entry_id, 1)
+            try:
+                request = parse_entry(stream, entry_id, fields)
+            except InferisError as exc:
+                commands.append(self._deadletter_malformed(stream, entry_id, fields, exc))
+                continue
+            if count > self.config.max_deliveries:
+                commands.append(self._deadletter_poison(request, count))
+                continue
+            runnable.append(request)
+        now = self.now_ms()
+        for outcome in self._executor.execute(runnable, now):
+            queue_us = max(0, now - outcome.request.enqueued_ms) * 1000
+            commands.append(complete_command(outcome, queue_us))
+        if commands:
+            pipe = self._redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            for result in pipe.execute(raise_on_error=False):
+                if isinstance(result, Exception):
+                    log.error("completing a request failed: %s", result)
+        self.served += len(entries)
+        return len(entries)
+
+    def _deadletter_poison(self, request: RunRequest, count: int) -> list[Any]:
+        error = DeadLetteredError(
+            f"request {request.rid} was delivered {count} times without an answer "
+            f"(a worker died or hung running it); moved to the dead-letter stream"
+        )
+        log.warning("dead-lettering %s on %s: %s", request.entry_id, request.stream, error)
+        return deadletter_command(
+            request, self._deadletter_key(request.stream), Outcome(request, error), "poison", count
+        )
+
+    def _deadletter_malformed(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], exc: InferisError
+    ) -> list[Any]:
+        rid, reply_key, mode = reply_target(stream, entry_id, fields)
+        request = RunRequest(
+            stream, entry_id, rid, "", "", 0, 0, 0, reply_key, mode, [], []
+        )
+        log.warning("dead-lettering malformed entry %s on %s: %s", entry_id, stream, exc)
+        return deadletter_command(
+            request, self._deadletter_key(stream), Outcome(request, exc), f"malformed: {exc}", 1
+        )
+
+    @staticmethod
+    def _deadletter_key(stream: str) -> str:
+        return f"{keys.base_of(stream)}:deadletter"
+
+    def _reclaim(self) -> int:
+        """Take over entries another (dead or stuck) consumer left idle."""
+        assert self._redis is not None
+        handled = 0
+        for stream in self.streams:
+            try:
+                _, entries, *_ = self._redis.xautoclaim(
+                    stream, keys.GROUP, self.consumer,
+                    min_idle_time=self.config.claim_idle_ms, start_id="0-0", count=256,
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    self._ensure_groups(self._redis)
+                    continue
+                raise
+            live = [(i.decode(), f) for i, f in entries if f]
+            if not live:
+                continue
+            log.info("reclaimed %d idle request(s) on %s", len(live), stream)
+            handled += self._handle(stream, live, self._delivery_counts(stream, live))
+        return handled
+
+    def _delivery_counts(
+        self, stream: str, entries: list[tuple[str, dict[bytes, bytes]]]
+    ) -> dict[str, int]:
+        assert self._redis is not None
+        ids = [entry_id for entry_id, _ in entries]
+        pending = self._redis.xpending_range(
+            stream, keys.GROUP, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
+            count=len(ids) + 64, consumername=self.consumer,
+        )
+        return {
+            p["message_id"].decode(): int(p["times_delivered"]) for p in pending
+        }
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
