@@ -134,7 +134,8 @@ def encode_tensor(value: Any, max_bytes: int = MAX_TENSOR_BYTES) -> bytes:
         data = msgpack.packb(items)
     else:
         wanted = numpy_dtype(dtype_name)
-        data = np.ascontiguousarray(array, dtype=wanted).data
+        # Bytes view: memoryview cannot describe extension dtypes such as bfloat16.
+        data = np.ascontiguousarray(array, dtype=wanted).reshape(-1).view(np.uint8).data
     size = data.nbytes if isinstance(data, memoryview) else len(data)
     if size > max_bytes:
         raise TensorError(f"tensor of {size} bytes exceeds the limit of {max_bytes} bytes")

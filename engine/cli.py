@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import redis
+
 from inferis.client import Client, InferisError
 
 from .backends.base import BackendOptions

@@ -14,6 +14,7 @@ import time
 from urllib.parse import urlparse
 
 import numpy as np
+
 from inferis.client import AsyncClient, Client
 
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 class RedisServerError(RuntimeError):
@@ -29,6 +31,11 @@ def find_redis_server() -> str:
             "or pass --redis URL"
         )
     return path
+
+
+def _probe(port: int) -> redis.Redis:
+    """A client that fails at once instead of retrying: we poll it ourselves."""
+    return redis.Redis(port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
 
 
 class EmbeddedRedis:
@@ -88,7 +95,7 @@ class EmbeddedRedis:
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = _probe(self.port)
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -122,7 +129,7 @@ class EmbeddedRedis:
         if self.process is None or self.process.poll() is not None:
             return
         try:
-            redis.Redis(port=self.port).shutdown()
+            _probe(self.port).shutdown()
         except redis.ConnectionError:
             pass  # the expected end of SHUTDOWN
         except redis.ResponseError:

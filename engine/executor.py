@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
+
 from inferis.client.errors import BackendError, DeadlineExceeded, InferisError, InputError
 from inferis.client.tensor import decode_tensor, encode_tensor
 

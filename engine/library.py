@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import redis
+
 from inferis.lua import LIBRARY_NAME, library_source
 
 _VERSION = re.compile(r"^local LIB_VERSION = '([^']+)'", re.MULTILINE)

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import redis
+
 from inferis.client import core, keys
 from inferis.client.core import ModelInfo
 from inferis.client.errors import (

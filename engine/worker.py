@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+
 from inferis.client import keys
 from inferis.client.errors import DeadLetteredError, InferisError
 

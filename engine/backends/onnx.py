@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import onnxruntime as ort
+
 from inferis.client.core import ModelInfo
 
 from .base import BackendOptions, TensorSpec

@@ -1,0 +1,96 @@
+"""Fixtures: real redis-server processes on free loopback ports, real workers.
+
+Nothing here mocks Redis or a backend. Models are built by the tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from inferis.client import Client
+from inferis.client import keys as K
+from inferis.engine.embedded import EmbeddedRedis
+from inferis.engine.library import ensure_library
+from inferis.engine.supervisor import WorkerPool
+
+from . import models
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A private redis-server with AOF (everysec) and the Functions library loaded."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    ensure_library(redis.Redis.from_url(server.url))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def r(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_server.url)
+    yield conn
+    conn.close()
+
+
+WorkerFactory = Callable[..., WorkerPool]
+
+
+@pytest.fixture
+def start_workers(redis_server: EmbeddedRedis) -> Iterator[WorkerFactory]:
+    """Start worker processes; every pool started is stopped at teardown."""
+    pools: list[WorkerPool] = []
+
+    def start(count: int = 1, *args: str, url: str | None = None) -> WorkerPool:
+        pool = WorkerPool(url or redis_server.url, count, ["--log-level", "WARNING", *args])
+        pool.start()
+        pools.append(pool)
+        wait_for_consumers(redis.Redis.from_url(url or redis_server.url), count)
+        return pool
+
+    yield start
+    for pool in pools:
+        pool.stop(grace_s=10)
+
+
+def wait_for_consumers(conn: redis.Redis, count: int, timeout_s: float = 60.0) -> None:
+    """Block until ``count`` more consumers have joined the group (workers are ready)."""
+    deadline = time.monotonic() + timeout_s
+    stream = K.request_stream(0)
+    while time.monotonic() < deadline:
+        try:
+            consumers = conn.xinfo_consumers(stream, K.GROUP)
+        except redis.ResponseError:
+            consumers = []
+        if len([c for c in consumers if c["idle"] < 5000]) >= count:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{count} worker(s) did not join within {timeout_s}s")
+
+
+@pytest.fixture
+def workers(start_workers: WorkerFactory) -> WorkerPool:
+    """Two ordinary workers."""
+    return start_workers(2)
+
+
+@pytest.fixture
+def client(redis_server: EmbeddedRedis) -> Iterator[Client]:
+    with Client(redis_server.url, timeout_ms=20_000) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def iris() -> models.IrisModel:
+    return models.iris_model()
+
+
+@pytest.fixture(scope="session")
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
