@@ -127,6 +127,8 @@ class Worker:
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            # Visible in XINFO CONSUMERS from the start, not only after a first delivery.
+            conn.xgroup_createconsumer(stream, keys.GROUP, self.consumer)
 
     def now_ms(self) -> int:
         """Redis server time, so deadlines set by MODELRUN mean the same here."""

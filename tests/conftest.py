@@ -48,10 +48,13 @@ def start_workers(redis_server: EmbeddedRedis) -> Iterator[WorkerFactory]:
     pools: list[WorkerPool] = []
 
     def start(count: int = 1, *args: str, url: str | None = None) -> WorkerPool:
+        conn = redis.Redis.from_url(url or redis_server.url)
+        before = consumer_names(conn)
         pool = WorkerPool(url or redis_server.url, count, ["--log-level", "WARNING", *args])
         pool.start()
         pools.append(pool)
-        wait_for_consumers(redis.Redis.from_url(url or redis_server.url), count)
+        wait_for_consumers(conn, before, count)
+        conn.close()
         return pool
 
     yield start
@@ -59,16 +62,20 @@ def start_workers(redis_server: EmbeddedRedis) -> Iterator[WorkerFactory]:
         pool.stop(grace_s=10)
 
 
-def wait_for_consumers(conn: redis.Redis, count: int, timeout_s: float = 60.0) -> None:
-    """Block until ``count`` more consumers have joined the group (workers are ready)."""
+def consumer_names(conn: redis.Redis) -> set[bytes]:
+    try:
+        return {c["name"] for c in conn.xinfo_consumers(K.request_stream(0), K.GROUP)}
+    except redis.ResponseError:  # no stream or group yet
+        return set()
+
+
+def wait_for_consumers(
+    conn: redis.Redis, before: set[bytes], count: int, timeout_s: float = 60.0
+) -> None:
+    """Block until ``count`` consumers not in ``before`` joined (the workers are ready)."""
     deadline = time.monotonic() + timeout_s
-    stream = K.request_stream(0)
     while time.monotonic() < deadline:
-        try:
-            consumers = conn.xinfo_consumers(stream, K.GROUP)
-        except redis.ResponseError:
-            consumers = []
-        if len([c for c in consumers if c["idle"] < 5000]) >= count:
+        if len(consumer_names(conn) - before) >= count:
             return
         time.sleep(0.05)
     raise TimeoutError(f"{count} worker(s) did not join within {timeout_s}s")
