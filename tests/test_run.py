@@ -119,7 +119,7 @@ def test_inline_inputs_are_validated_before_enqueue(client: Client, r: redis.Red
             "MODELRUN", 2, "{inferis:0}:requests", "{inferis:0}:in", "MODEL", "m",
             "INPUTS", 1, "DATA", 1, b"junk",
         )
-    with pytest.raises(redis.ResponseError, match="EINPUT input 1 .* does not exist"):
+    with pytest.raises(redis.ResponseError, match=r"EINPUT input 1 .* does not exist"):
         r.fcall(
             "MODELRUN", 2, "{inferis:0}:requests", "{inferis:0}:nothing", "MODEL", "m",
             "INPUTS", 1,
@@ -129,7 +129,7 @@ def test_inline_inputs_are_validated_before_enqueue(client: Client, r: redis.Red
             "MODELRUN", 3, "{inferis:0}:requests", "{inferis:0}:a", "{inferis:0}:b",
             "MODEL", "m", "INPUTS", 1,
         )
-    with pytest.raises(redis.ResponseError, match="EARGS REPLYTO .* must share the hash tag"):
+    with pytest.raises(redis.ResponseError, match=r"EARGS REPLYTO .* must share the hash tag"):
         r.fcall(
             "MODELRUN", 1, "{inferis:0}:requests", "MODEL", "m", "INPUTS", 0,
             "REPLYTO", "{other}:replies",
