@@ -24,6 +24,8 @@ from .replies import ReplyRouter
 from .tensor import decode_tensor, encode_tensor
 
 _MAX_PIPELINE = 512
+# How long a command keeps retrying while Redis restarts or fails over.
+RECONNECT_WINDOW_S = 5.0
 
 
 def _single_connection(url: str) -> aioredis.Redis:
@@ -98,11 +100,8 @@ class AsyncClient:
             if not batch:
                 continue
             try:
-                pipe = self._redis.pipeline(transaction=False)
-                for args, _ in batch:
-                    pipe.execute_command(*args)
-                results = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # connection-level: fail this batch only
+                results = await self._send_with_retry([args for args, _ in batch])
+            except Exception as exc:  # Redis stayed away: fail this batch only
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
@@ -114,6 +113,26 @@ class AsyncClient:
                     fut.set_exception(core.translate_error(res))
                 else:
                     fut.set_result(res)
+
+    async def _send_with_retry(self, commands: list[list[Any]]) -> list[Any]:
+        """Send a pipeline; ride over a Redis restart or failover for a short while.
+
+        Resending is safe: every command the SDK sends is idempotent (runs carry
+        a client-chosen id, stores are content-addressed, tensor writes are SETs).
+        """
+        delay = 0.05
+        deadline = asyncio.get_running_loop().time() + RECONNECT_WINDOW_S
+        while True:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for args in commands:
+                    pipe.execute_command(*args)
+                return await pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
