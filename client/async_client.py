@@ -117,8 +117,10 @@ class AsyncClient:
     async def _send_with_retry(self, commands: list[list[Any]]) -> list[Any]:
         """Send a pipeline; ride over a Redis restart or failover for a short while.
 
-        Resending is safe: every command the SDK sends is idempotent (runs carry
-        a client-chosen id, stores are content-addressed, tensor writes are SETs).
+        Resending is safe: stores are content-addressed and tensor writes are
+        SETs. A run whose first send did reach Redis is enqueued twice under one
+        request id; both are answered with identical outputs and the caller
+        takes the first answer.
         """
         delay = 0.05
         deadline = asyncio.get_running_loop().time() + RECONNECT_WINDOW_S
@@ -196,7 +198,7 @@ class AsyncClient:
     ) -> RunResult:
         """Run ``model`` on inline inputs; the result carries outputs or an error."""
         rid = self._ids.next()
-        timeout = timeout_ms or self.timeout_ms
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         command = core.build_predict(
             rid=rid,
             partition=self.partition,
@@ -234,7 +236,7 @@ class AsyncClient:
     ) -> RunResult:
         """Run model ``key`` on existing tensor keys, writing ``outputs`` keys."""
         rid = self._ids.next()
-        timeout = timeout_ms or self.timeout_ms
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         command = core.build_execute(
             rid=rid,
             partition=self.partition,
@@ -297,7 +299,7 @@ class AsyncClient:
         cursor: Any = 0
         while True:
             cursor, found = await self._call(
-                "SCAN", cursor, "MATCH", "inferis:{*}:seq", "COUNT", 1000
+                "SCAN", cursor, "MATCH", "inferis:{*}:latest", "COUNT", 1000
             )
             names += [core.model_name_of(k) for k in found]
             if int(cursor) == 0:

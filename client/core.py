@@ -296,9 +296,9 @@ def verify_blob(info: ModelInfo, blob: bytes) -> None:
         )
 
 
-def model_name_of(seq_key: bytes | str) -> str:
-    """The model name inside a ``inferis:{<name>}:seq`` key."""
-    text = _text(seq_key)
+def model_name_of(model_key: bytes | str) -> str:
+    """The model name inside a ``inferis:{<name>}:...`` key."""
+    text = _text(model_key)
     return text[text.index("{") + 1 : text.rindex("}")]
 
 
@@ -319,8 +319,8 @@ def parse_model_info(reply: Sequence[Any]) -> tuple[ModelInfo, bytes | None]:
         backend=f["backend"],
         format=f.get("format", ""),
         device=f.get("device", "CPU"),
-        inputs=_json_list(f.get("inputs")),
-        outputs=_json_list(f.get("outputs")),
+        inputs=_specs(f.get("inputs")),
+        outputs=_specs(f.get("outputs")),
         batching=_json_map(f.get("batching")),
         tags=_json_map(f.get("tags")),
         extra=_json_map(f.get("extra")),
@@ -334,6 +334,14 @@ def parse_model_info(reply: Sequence[Any]) -> tuple[ModelInfo, bytes | None]:
 def _json_list(text: str | None) -> list[Any]:
     value = json.loads(text) if text else []
     return value if isinstance(value, list) else []  # Lua's cjson writes {} for []
+
+
+def _specs(text: str | None) -> list[dict[str, Any]]:
+    specs = _json_list(text)
+    for spec in specs:
+        if not isinstance(spec.get("shape"), list):  # a scalar's [] arrives as {}
+            spec["shape"] = []
+    return specs
 
 
 def _json_map(text: str | None) -> dict[str, Any]:

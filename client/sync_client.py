@@ -140,7 +140,7 @@ class Client:
     ) -> Future[RunResult]:
         """Enqueue a run and return at once; pass the future to :meth:`wait`."""
         rid = self._ids.next()
-        timeout = timeout_ms or self.timeout_ms
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         command = core.build_predict(
             rid=rid,
             partition=self.partition,
@@ -188,7 +188,7 @@ class Client:
     ) -> RunResult:
         """Run model ``key`` on existing tensor keys, writing ``outputs`` keys."""
         rid = self._ids.next()
-        timeout = timeout_ms or self.timeout_ms
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         command = core.build_execute(
             rid=rid,
             partition=self.partition,
@@ -244,7 +244,7 @@ class Client:
         return int(self._fcall(Command("MODELDEL", [name], args)))
 
     def modellist(self) -> list[str]:
-        found = self._redis.scan_iter(match="inferis:{*}:seq", count=1000)
+        found = self._redis.scan_iter(match="inferis:{*}:latest", count=1000)
         return sorted({core.model_name_of(k) for k in found})
 
     def set_max_queue(self, depth: int) -> None:

@@ -69,8 +69,9 @@ class Executor:
     def _run_one(
         self, request: RunRequest, fetched: dict[str, bytes | None], outcome: Outcome
     ) -> None:
-        info, model = self.cache.get(request.model, request.version)
+        info = self.cache.resolve(request.model, request.version)
         outcome.version = info.version
+        model = self.cache.load(info)
         arrays: list[tuple[str, np.ndarray]] = []
         for position, ref in enumerate(request.inputs, start=1):
             raw = ref.inline if ref.inline is not None else fetched.get(ref.key)

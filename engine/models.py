@@ -38,6 +38,9 @@ MOVING_REF_TTL_S = 5.0
 FAILED_LOAD_TTL_S = 30.0
 
 
+_LoadKey = tuple[str, str, str, str]  # digest, backend, format, device
+
+
 @dataclass
 class _Resolved:
     info: ModelInfo
@@ -52,8 +55,8 @@ class ModelCache:
         self._options = options
         self._max_models = max_models
         self._resolved: dict[tuple[str, str], _Resolved] = {}
-        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._failed: dict[str, tuple[InferisError, float]] = {}
+        self._loaded: OrderedDict[_LoadKey, LoadedModel] = OrderedDict()
+        self._failed: dict[_LoadKey, tuple[InferisError, float]] = {}
         self.loads = 0
 
     def rebind(self, conn: redis.Redis) -> None:
@@ -68,10 +71,6 @@ class ModelCache:
             return
         for key in [k for k in self._resolved if k[0] == name]:
             del self._resolved[key]
-
-    def get(self, name: str, version: str) -> tuple[ModelInfo, LoadedModel]:
-        info = self.resolve(name, version)
-        return info, self.load(info)
 
     def resolve(self, name: str, version: str) -> ModelInfo:
         if not keys.is_model_name(name):
@@ -95,19 +94,21 @@ class ModelCache:
         return info
 
     def load(self, info: ModelInfo) -> LoadedModel:
-        model = self._loaded.get(info.digest)
+        # The same bytes stored with another backend, format or device load differently.
+        key = (info.digest, info.backend, info.format, info.device)
+        model = self._loaded.get(key)
         if model is not None:
-            self._loaded.move_to_end(info.digest)
+            self._loaded.move_to_end(key)
             return model
-        failed = self._failed.get(info.digest)
+        failed = self._failed.get(key)
         if failed is not None and failed[1] > time.monotonic():
             raise failed[0]
         try:
             model = self._load_uncached(info)
         except InferisError as exc:
-            self._failed[info.digest] = (exc, time.monotonic() + FAILED_LOAD_TTL_S)
+            self._failed[key] = (exc, time.monotonic() + FAILED_LOAD_TTL_S)
             raise
-        self._loaded[info.digest] = model
+        self._loaded[key] = model
         self.loads += 1
         while len(self._loaded) > self._max_models:
             _, evicted = self._loaded.popitem(last=False)

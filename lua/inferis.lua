@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '1'
+local LIB_VERSION = '2'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -24,7 +24,7 @@ local DEFAULT_TTL_MS = 3600 * 1000
 local STAGING_TTL_MS = 3600 * 1000
 local GROUP = 'inferis'
 local MODELS_CHANNEL = 'inferis:models'
-local DEADLETTER_MAXLEN = 100000
+local DEADLETTER_MAXLEN = 10000
 
 -- dtype name -> element size and struct format (nil: no VALUES conversion)
 local DTYPES = {
@@ -600,6 +600,13 @@ local function modelrun(keys, args)
     fail('EARGS', 'REPLYTO ' .. r.reply .. ' must share the hash tag of ' .. stream)
   end
 
+  -- One request lives in one slot: Cluster enforces it, and so do we everywhere.
+  for j = 2, #keys do
+    if request_base(keys[j]) ~= base then
+      fail('EARGS', 'key ' .. keys[j] .. ' must share the hash tag ' .. base .. ' of ' .. stream)
+    end
+  end
+
   -- Back-pressure: refuse at once rather than let latency grow without bound.
   local max_queue = tonumber(redis.call('HGET', base .. ':config', 'max_queue') or '0')
   if max_queue > 0 and redis.call('XLEN', stream) >= max_queue then
@@ -693,6 +700,15 @@ local function deadletter(keys, args)
   if redis.call('XACK', stream, GROUP, entry_id) == 0 then return 0 end
   local fields = {'entry', entry_id}
   for j = 4, #args do fields[#fields + 1] = args[j] end
+  -- Keep the original request (prefixed) so it can be inspected and replayed.
+  local original = redis.call('XRANGE', stream, entry_id, entry_id)
+  if original[1] then
+    local f = original[1][2]
+    for j = 1, #f, 2 do
+      fields[#fields + 1] = 'req.' .. f[j]
+      fields[#fields + 1] = f[j + 1]
+    end
+  end
   redis.call('XADD', dlq, 'MAXLEN', '~', DEADLETTER_MAXLEN, '*', unpack(fields))
   if mode == 'stream' then
     redis.call('XADD', reply, '*', 'd', payload)

@@ -70,6 +70,7 @@ def test_a_request_that_keeps_killing_workers_is_dead_lettered(
         client.wait(future).raise_for_error()
     dead = r.xrange(K.deadletter_stream(0))
     assert len(dead) == 1 and dead[0][1][b"reason"] == b"poison"
+    assert dead[0][1][b"req.model"] == b"slow"  # the original request is kept for replay
     assert r.xpending(STREAM, K.GROUP)["pending"] == 0
 
 

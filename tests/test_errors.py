@@ -12,6 +12,7 @@ import redis
 from inferis.client import (
     ArgumentError,
     BackendError,
+    BackendUnavailableError,
     Client,
     DeadlineExceeded,
     DigestError,
@@ -64,8 +65,8 @@ def test_bad_requests_interleaved_with_good_ones(
          "does not match its digest"),
         (lambda: client.submit("fails", [np.ones(3, np.float32)]), BackendError,
          "fails v1 failed"),
-        (lambda: client.submit("caffe", [np.ones(3, np.float32)]), ArgumentError,
-         "backend 'caffe' is not supported"),
+        (lambda: client.submit("caffe", [np.ones(3, np.float32)]), BackendUnavailableError,
+         "backend 'caffe' is not available"),
         (lambda: client.submit("garbage", [np.ones(3, np.float32)]), BackendError,
          "cannot load model garbage"),
         (lambda: client.submit("zipmap", {"X": x[:1]}), BackendError, "zipmap"),
@@ -124,4 +125,5 @@ def test_a_malformed_stream_entry_is_dead_lettered(
     dead = r.xrange(K.deadletter_stream(0))
     assert len(dead) == 1 and dead[0][1][b"rid"] == b"evil"
     assert dead[0][1][b"reason"].startswith(b"malformed")
+    assert dead[0][1][b"req.ni"] == b"not-a-number"
     assert r.xlen(stream) == 0

@@ -79,6 +79,7 @@ def test_delete_one_version_then_all(client: Client, r: redis.Redis) -> None:
     with pytest.raises(ModelNotFoundError, match="has no version 3"):
         client.modelget("d", 3)
     assert client.modeldel("d") == 2
+    assert client.modellist() == []
     with pytest.raises(ModelNotFoundError, match="has no versions"):
         client.modelget("d")
     assert not r.keys("inferis:{d}:blob:*") and not r.keys("inferis:{d}:v:*")

@@ -134,4 +134,8 @@ def test_inline_inputs_are_validated_before_enqueue(client: Client, r: redis.Red
             "MODELRUN", 1, "{inferis:0}:requests", "MODEL", "m", "INPUTS", 0,
             "REPLYTO", "{other}:replies",
         )
+    with pytest.raises(redis.ResponseError, match=r"EARGS key \{inferis:1\}:x must share the hash"):
+        r.fcall(
+            "MODELRUN", 2, "{inferis:0}:requests", "{inferis:1}:x", "MODEL", "m", "INPUTS", 1,
+        )
     assert r.xlen(K.request_stream(0)) == 0 and r.exists("{inferis:0}:in") == 0

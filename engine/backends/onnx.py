@@ -80,14 +80,16 @@ class OnnxBackend:
         so.inter_op_num_threads = options.inter_op_threads
         so.log_severity_level = 3
         providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
-        index = gpu_index(info.device)
-        if index is not None:
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(index)}))
+        if gpu_index(info.device) is not None:
+            # The model prefers a GPU; the worker's --device says which one it has.
+            worker_gpu = gpu_index(options.device)
+            if worker_gpu is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(worker_gpu)}))
             else:
                 log.warning(
-                    "model %s v%s asks for %s but this worker has no CUDA provider; "
-                    "running on CPU", info.name, info.version, info.device,
+                    "model %s v%s asks for %s but this worker serves %s (providers: %s); "
+                    "running it on CPU", info.name, info.version, info.device, options.device,
+                    ", ".join(ort.get_available_providers()),
                 )
         session = ort.InferenceSession(blob, sess_options=so, providers=providers)
         return OnnxModel(session)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from inferis.client.errors import ArgumentError, BackendUnavailableError
+from inferis.client.errors import BackendUnavailableError
 
 from .base import Backend
 
@@ -34,7 +34,9 @@ def canonical_name(name: str) -> str:
     key = name.lower()
     key = ALIASES.get(key, key)
     if key not in BACKENDS:
-        raise ArgumentError(f"backend {name!r} is not supported; supported: {', '.join(BACKENDS)}")
+        raise BackendUnavailableError(
+            f"backend {name!r} is not available on this worker; available: {', '.join(BACKENDS)}"
+        )
     return key
 
 

@@ -1,0 +1,75 @@
+"""The ``inferis`` command: up (embedded Redis + workers), model management."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inferis.client import Client
+
+from .conftest import consumer_names, wait_for_consumers
+
+INFERIS = [sys.executable, "-m", "inferis.engine"]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_up_serves_and_stops_cleanly(tmp_path: Path, iris) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [*INFERIS, "up", "--data-dir", str(data), "--workers", "2", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"inferis is up: (redis://127\.0\.0\.1:(\d+)) \(2 workers\)", line)
+        assert match, line
+        url, port = match.group(1), int(match.group(2))
+        with Client(url) as client:
+            wait_for_consumers(client._redis, set(), 2)
+            assert len(consumer_names(client._redis)) == 2
+            client.modelstore("iris", "onnx", iris.blob)
+            out = client.predict("iris", {"X": iris.features[:4]})
+            assert np.array_equal(out["label"], iris.forest.predict(iris.features[:4]))
+            assert client._redis.config_get("appendonly")["appendonly"] == "yes"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    assert "inferis stopped." in proc.stdout.read()
+    assert not _port_open(port)
+    assert list((data / "appendonlydir").glob("*.aof"))  # the data survives in the AOF
+
+
+def test_model_commands(redis_server, tmp_path: Path, iris) -> None:
+    model = tmp_path / "iris.onnx"
+    model.write_bytes(iris.blob)
+    url = ["--redis", redis_server.url]
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [*INFERIS, "model", *url, *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "iris version 1 stored" in run("store", "iris", str(model), "--tag", "team=risk")
+    assert "already stored" in run("store", "iris", str(model))
+    assert run("list").split() == ["iris"]
+    assert '"team": "risk"' in run("get", "iris")
+    assert "deleted 1 version(s)" in run("del", "iris")
+    failed = subprocess.run(
+        [*INFERIS, "model", *url, "get", "iris"], capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode == 1 and "EMODEL model iris has no versions" in failed.stderr
