@@ -18,7 +18,7 @@ from inferis.client.tensor import decode_tensor, encode_tensor
 
 from .models import ModelCache
 from .requests import RunRequest
-from .signature import bind_inputs, select_outputs
+from .signature import bind_inputs, merge_specs, select_outputs
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Executor:
                 arrays.append((ref.name, decode_tensor(raw)))
             except InferisError as exc:
                 raise type(exc)(f"input {position} ({ref.key}): {exc.message}") from None
-        feed = bind_inputs(request.model, model.inputs, arrays)
+        feed = bind_inputs(request.model, merge_specs(model.inputs, info.inputs), arrays)
         names = select_outputs(
             request.model, model.outputs, [o.name for o in request.outputs], len(request.outputs)
         )

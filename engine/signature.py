@@ -6,14 +6,52 @@ exactly what to fix and the backend never sees a malformed feed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from inferis.client.errors import InputError
 from inferis.client.tensor import wire_dtype
 
-from .backends.base import TensorSpec
+from .backends.base import ANY_DTYPE, TensorSpec
+
+
+def declared_specs(declared: Sequence[Mapping[str, Any]]) -> list[TensorSpec]:
+    """Specs from stored metadata (INPUT/OUTPUT at MODELSTORE); -1 marks a dynamic dim."""
+    return [
+        TensorSpec(
+            d["name"], d["dtype"], tuple(None if x is None or x < 0 else x for x in d["shape"])
+        )
+        for d in declared
+    ]
+
+
+def merge_specs(
+    reported: Sequence[TensorSpec], declared: Sequence[Mapping[str, Any]]
+) -> list[TensorSpec]:
+    """What the model says about itself, completed by what was declared at store time.
+
+    A backend that cannot tell a dtype or shape (TorchScript, say) reports
+    ANY_DTYPE or None; the declared spec at the same position fills it in.
+    """
+    given = declared_specs(declared)
+    if not reported:
+        return given
+    merged = []
+    for i, spec in enumerate(reported):
+        extra = given[i] if i < len(given) else None
+        if extra is None:
+            merged.append(spec)
+            continue
+        merged.append(
+            TensorSpec(
+                spec.name,
+                extra.dtype if spec.dtype == ANY_DTYPE else spec.dtype,
+                extra.shape if spec.shape is None else spec.shape,
+            )
+        )
+    return merged
 
 
 def _names(specs: Sequence[TensorSpec]) -> str:
@@ -50,7 +88,7 @@ def check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     got = wire_dtype(array.dtype)
     if spec.dtype.startswith("unsupported:"):
         raise InputError(f"input {spec.name} has non-tensor type {spec.dtype[12:]}")
-    if got != spec.dtype:
+    if spec.dtype != ANY_DTYPE and got != spec.dtype:
         raise InputError(f"input {spec.name}: expected dtype {spec.dtype}, got {got}")
     if spec.shape is not None:
         if array.ndim != len(spec.shape):

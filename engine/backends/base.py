@@ -16,6 +16,10 @@ import numpy as np
 from inferis.client.core import ModelInfo
 
 
+# A backend that cannot tell an input's dtype reports this; it is not checked.
+ANY_DTYPE = "any"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output: wire dtype name and shape (None marks a dynamic dim)."""

@@ -24,8 +24,19 @@ class BackendEntry:
 
 BACKENDS: dict[str, BackendEntry] = {
     "onnx": BackendEntry("inferis.engine.backends.onnx", "OnnxBackend", "onnx"),
+    "torch": BackendEntry("inferis.engine.backends.torch", "TorchBackend", "torch"),
+    "tensorflow": BackendEntry(
+        "inferis.engine.backends.tensorflow", "TensorFlowBackend", "tensorflow"
+    ),
+    "sklearn": BackendEntry("inferis.engine.backends.sklearn", "SklearnBackend", "sklearn"),
 }
-ALIASES = {"onnxruntime": "onnx", "ort": "onnx"}
+ALIASES = {
+    "onnxruntime": "onnx",
+    "ort": "onnx",
+    "pytorch": "torch",
+    "tf": "tensorflow",
+    "scikit-learn": "sklearn",
+}
 
 _loaded: dict[str, Backend] = {}
 
