@@ -15,7 +15,6 @@ import numpy as np
 
 from inferis.client.core import ModelInfo
 
-
 # A backend that cannot tell an input's dtype reports this; it is not checked.
 ANY_DTYPE = "any"
 
