@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -270,6 +270,23 @@ class AsyncClient:
         for command in core.build_modelstore(name, backend, data, **options):
             reply = await self._fcall(command)
         return core.parse_stored(name, reply)
+
+    async def pipelinestore(
+        self,
+        name: str,
+        steps: Sequence[Mapping[str, Any]],
+        *,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        tags: Mapping[str, str] | None = None,
+    ) -> StoredVersion:
+        """Store a pipeline: models run in sequence on one worker, one MODELRUN in all.
+
+        Each step is ``{"model": name, "version": n (optional), "inputs": [...] or
+        {model_input: tensor}, "outputs": [...] or {model_output: tensor}}``.
+        """
+        blob = core.pipeline_blob(inputs, outputs, steps)
+        return await self.modelstore(name, "pipeline", blob, format="json", tags=tags)
 
     async def modelget(
         self, name: str, version: int | str | None = None, *, blob: bool = False

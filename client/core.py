@@ -302,6 +302,14 @@ def model_name_of(model_key: bytes | str) -> str:
     return text[text.index("{") + 1 : text.rindex("}")]
 
 
+def pipeline_blob(
+    inputs: Sequence[str], outputs: Sequence[str], steps: Sequence[Mapping[str, Any]]
+) -> bytes:
+    """Canonical JSON of a pipeline, so the same pipeline always has the same digest."""
+    doc = {"inputs": list(inputs), "outputs": list(outputs), "steps": list(steps)}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
 def parse_stored(name: str, reply: Sequence[Any]) -> StoredVersion:
     return StoredVersion(name, int(reply[0]), _text(reply[1]), bool(int(reply[2])))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -220,6 +220,23 @@ class Client:
         for command in core.build_modelstore(name, backend, data, **options):
             reply = self._fcall(command)
         return core.parse_stored(name, reply)
+
+    def pipelinestore(
+        self,
+        name: str,
+        steps: Sequence[Mapping[str, Any]],
+        *,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        tags: Mapping[str, str] | None = None,
+    ) -> StoredVersion:
+        """Store a pipeline: models run in sequence on one worker, one MODELRUN in all.
+
+        Each step is ``{"model": name, "version": n (optional), "inputs": [...] or
+        {model_input: tensor}, "outputs": [...] or {model_output: tensor}}``.
+        """
+        blob = core.pipeline_blob(inputs, outputs, steps)
+        return self.modelstore(name, "pipeline", blob, format="json", tags=tags)
 
     def modelget(
         self, name: str, version: int | str | None = None, *, blob: bool = False

@@ -29,6 +29,7 @@ from inferis.client.errors import (
 
 from .backends.base import BackendOptions, LoadedModel
 from .backends.registry import get_backend
+from .pipeline import PIPELINE_BACKEND, PipelineModel, parse_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,10 @@ class ModelCache:
             evicted.close()
         return model
 
+    def _resolve_and_load(self, name: str, version: str) -> tuple[ModelInfo, LoadedModel]:
+        info = self.resolve(name, version)
+        return info, self.load(info)
+
     def _load_uncached(self, info: ModelInfo) -> LoadedModel:
         if info.format in UNSAFE_FORMATS and not self._options.trust_unsafe_formats:
             raise UnsafeModelError(
@@ -122,6 +127,9 @@ class ModelCache:
                 "arbitrary code when loaded; the worker refuses it unless started with "
                 "--trust-unsafe-formats"
             )
+        if info.backend == PIPELINE_BACKEND:
+            spec = parse_pipeline(self._fetch_blob(info))
+            return PipelineModel(info.name, spec, self._resolve_and_load)
         backend = get_backend(info.backend)
         blob = self._fetch_blob(info)
         started = time.perf_counter()
