@@ -311,6 +311,11 @@ class AsyncClient:
         args = [] if version is None else ["VERSION", str(version)]
         return int(await self._fcall(Command("MODELDEL", [name], args)))
 
+    async def modelstats(self, name: str) -> dict[str, int]:
+        """Counters workers flush every few seconds: requests, errors, run_us, queue_us."""
+        raw = await self._call("HGETALL", core.keys.model_key(name, "stats"))
+        return {core._text(k): int(v) for k, v in raw.items()}
+
     async def modellist(self) -> list[str]:
         names: list[str] = []
         cursor: Any = 0

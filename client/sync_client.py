@@ -260,6 +260,11 @@ class Client:
         args = [] if version is None else ["VERSION", str(version)]
         return int(self._fcall(Command("MODELDEL", [name], args)))
 
+    def modelstats(self, name: str) -> dict[str, int]:
+        """Counters workers flush every few seconds: requests, errors, run_us, queue_us."""
+        raw = self._redis.hgetall(core.keys.model_key(name, "stats"))
+        return {core._text(k): int(v) for k, v in raw.items()}
+
     def modellist(self) -> list[str]:
         found = self._redis.scan_iter(match="inferis:{*}:latest", count=1000)
         return sorted({core.model_name_of(k) for k in found})

@@ -40,6 +40,9 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-models", type=int, default=32, help="loaded models kept in memory")
     p.add_argument("--trust-unsafe-formats", action="store_true",
                    help="allow model formats that run code on load (pickle)")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve Prometheus /metrics on this port (0: off); with up/demo, "
+                        "worker i uses port + i")
 
 
 def _worker_args(ns: argparse.Namespace) -> list[str]:
@@ -106,9 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     get = msub.add_parser("get", parents=[common], help="show a version's metadata")
     get.add_argument("name")
     get.add_argument("--version")
-    delete = msub.add_parser("del", parents=[common], help="delete one version or the whole model")
+    delete = msub.add_parser(
+        "del", parents=[common], help="delete one version or the whole model"
+    )
     delete.add_argument("name")
     delete.add_argument("--version")
+    stats = msub.add_parser(
+        "stats", parents=[common], help="requests, errors and mean times per model"
+    )
+    stats.add_argument("names", nargs="*", help="models (default: all)")
     return parser
 
 
@@ -134,13 +143,14 @@ def running(
     data_dir: Path,
     port: int = 0,
     appendfsync: str = "everysec",
+    metrics_base_port: int = 0,
 ) -> Iterator[tuple[str, WorkerPool]]:
     """Redis (private unless a URL is given) plus workers; everything stops on exit."""
     server = None
     if redis_url is None:
         server = EmbeddedRedis(data_dir, port=port or None, appendfsync=appendfsync)
         redis_url = server.start()
-    pool = WorkerPool(redis_url, workers, worker_args)
+    pool = WorkerPool(redis_url, workers, worker_args, metrics_base_port)
     try:
         conn = redis.Redis.from_url(redis_url)
         ensure_library(conn)
@@ -155,7 +165,8 @@ def running(
 
 def cmd_up(ns: argparse.Namespace) -> int:
     with running(
-        ns.redis, ns.workers, _worker_args(ns), Path(ns.data_dir), ns.port, ns.appendfsync
+        ns.redis, ns.workers, _worker_args(ns), Path(ns.data_dir), ns.port, ns.appendfsync,
+        ns.metrics_port,
     ) as (url, pool):
         print(f"inferis is up: {url} ({ns.workers} workers). Ctrl-C stops it.", flush=True)
         _serve_forever(pool)
@@ -172,6 +183,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         claim_idle_ms=ns.claim_idle_ms,
         max_deliveries=ns.max_deliveries,
         max_models=ns.max_models,
+        metrics_port=ns.metrics_port,
         backend=BackendOptions(
             device=ns.device,
             intra_op_threads=ns.intra_op_threads,
@@ -187,7 +199,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="inferis-demo-") as tmp, running(
-        ns.redis, ns.workers, _worker_args(ns), Path(tmp)
+        ns.redis, ns.workers, _worker_args(ns), Path(tmp), metrics_base_port=ns.metrics_port
     ) as (url, _):
         print(f"inferis is up: {url} ({ns.workers} workers)", flush=True)
         run_demo(url)
@@ -212,6 +224,16 @@ def cmd_model(ns: argparse.Namespace) -> int:
             print(json.dumps(asdict(info), indent=2))  # type: ignore[arg-type]
         elif ns.model_command == "del":
             print(f"deleted {client.modeldel(ns.name, ns.version)} version(s)")
+        elif ns.model_command == "stats":
+            print(f"{'model':24} {'requests':>10} {'errors':>8} {'mean run':>10} {'mean wait':>10}")
+            for name in ns.names or client.modellist():
+                s = client.modelstats(name)
+                n = max(1, s.get("requests", 0))
+                run_ms, wait_ms = s.get("run_us", 0) / n / 1000, s.get("queue_us", 0) / n / 1000
+                print(
+                    f"{name:24} {s.get('requests', 0):>10} {s.get('errors', 0):>8} "
+                    f"{run_ms:>8.3f}ms {wait_ms:>8.3f}ms"
+                )
     return 0
 
 

@@ -27,6 +27,7 @@ from inferis.client.errors import (
     UnsafeModelError,
 )
 
+from . import metrics
 from .backends.base import BackendOptions, LoadedModel
 from .backends.registry import get_backend
 from .pipeline import PIPELINE_BACKEND, PipelineModel, parse_pipeline
@@ -108,9 +109,11 @@ class ModelCache:
             model = self._load_uncached(info)
         except InferisError as exc:
             self._failed[key] = (exc, time.monotonic() + FAILED_LOAD_TTL_S)
+            metrics.MODEL_LOAD_FAILURES.labels(info.name, exc.code).inc()
             raise
         self._loaded[key] = model
         self.loads += 1
+        metrics.MODEL_LOADS.labels(info.name, str(info.version), info.backend).inc()
         while len(self._loaded) > self._max_models:
             _, evicted = self._loaded.popitem(last=False)
             evicted.close()

@@ -19,18 +19,28 @@ def worker_command(redis_url: str, extra_args: Sequence[str] = ()) -> list[str]:
 class WorkerPool:
     """N worker processes; a worker that dies unexpectedly is restarted."""
 
-    def __init__(self, redis_url: str, count: int, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        count: int,
+        extra_args: Sequence[str] = (),
+        metrics_base_port: int = 0,
+    ) -> None:
         self.redis_url = redis_url
         self.count = count
         self.extra_args = list(extra_args)
+        self.metrics_base_port = metrics_base_port
         self.processes: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(worker_command(self.redis_url, self.extra_args))
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        args = list(self.extra_args)
+        if self.metrics_base_port:  # one /metrics port per worker
+            args += ["--metrics-port", str(self.metrics_base_port + index)]
+        return subprocess.Popen(worker_command(self.redis_url, args))
 
     def start(self) -> None:
-        self.processes = [self._spawn() for _ in range(self.count)]
+        self.processes = [self._spawn(i) for i in range(self.count)]
 
     def watch(self) -> None:
         """Replace workers that exited; call periodically."""
@@ -38,7 +48,7 @@ class WorkerPool:
             code = process.poll()
             if code is not None:
                 log.warning("worker pid %d exited with %s; starting another", process.pid, code)
-                self.processes[index] = self._spawn()
+                self.processes[index] = self._spawn(index)
                 self.restarts += 1
 
     def stop(self, grace_s: float = 15.0) -> None:

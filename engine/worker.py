@@ -23,6 +23,7 @@ import redis
 from inferis.client import keys
 from inferis.client.errors import DeadLetteredError, InferisError
 
+from . import metrics
 from .backends.base import BackendOptions
 from .executor import Executor, Outcome
 from .library import ensure_library
@@ -45,6 +46,7 @@ class WorkerConfig:
     claim_idle_ms: int = 30_000
     max_deliveries: int = 3
     max_models: int = 32
+    metrics_port: int = 0  # 0: no /metrics endpoint
     backend: BackendOptions = field(default_factory=BackendOptions)
 
 
@@ -64,6 +66,7 @@ class Worker:
         self._executor: Executor | None = None
         self._clock_offset_ms = 0.0
         self._next_reclaim = 0.0
+        self._stats = metrics.ModelStats()
         self.served = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -75,6 +78,8 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        if self.config.metrics_port:
+            metrics.serve(self.config.metrics_port)
         log.info("worker %s serving %s", self.consumer, ", ".join(self.streams))
         backoff = 0.1
         while not self._stopping:
@@ -85,9 +90,12 @@ class Worker:
                 backoff = 0.1
             except _REDIS_DOWN as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                if self._redis is not None:
+                    metrics.REDIS_DISCONNECTS.inc()
                 self._disconnect()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+        self._flush_stats_before_exit()
         self._disconnect()
         log.info("worker %s stopped after serving %d requests", self.consumer, self.served)
 
@@ -111,6 +119,12 @@ class Worker:
             self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
         self._executor = Executor(conn, self._cache)
         log.info("connected to %s", self.config.redis_url)
+
+    def _flush_stats_before_exit(self) -> None:
+        if self._redis is None:
+            return
+        with contextlib.suppress(*_REDIS_DOWN):
+            self._stats.flush_due(self._redis, force=True)
 
     def _disconnect(self) -> None:
         for closeable in (self._pubsub, self._redis):
@@ -140,6 +154,7 @@ class Worker:
         """One read-run-answer cycle; returns how many entries it handled."""
         assert self._redis is not None
         self._drain_notices()
+        self._stats.flush_due(self._redis)
         handled = 0
         if time.monotonic() >= self._next_reclaim:
             handled += self._reclaim()
@@ -193,7 +208,8 @@ class Worker:
                 continue
             runnable.append(request)
         now = self.now_ms()
-        for outcome in self._executor.execute(runnable, now):
+        outcomes = self._executor.execute(runnable, now)
+        for outcome in outcomes:
             queue_us = max(0, now - outcome.request.enqueued_ms) * 1000
             commands.append(complete_command(outcome, queue_us))
         if commands:
@@ -203,8 +219,28 @@ class Worker:
             for result in pipe.execute(raise_on_error=False):
                 if isinstance(result, Exception):
                     log.error("completing a request failed: %s", result)
+        self._record(outcomes, now)
+        metrics.BATCH_SIZE.observe(len(entries))
         self.served += len(entries)
         return len(entries)
+
+    def _record(self, outcomes: list[Outcome], started_ms: int) -> None:
+        answered_ms = self.now_ms()
+        for outcome in outcomes:
+            request = outcome.request
+            status = "ok" if outcome.error is None else outcome.error.code
+            version = str(outcome.version) if outcome.version else request.version or "?"
+            queue_s = max(0, started_ms - request.enqueued_ms) / 1000
+            metrics.REQUESTS.labels(request.model, version, status).inc()
+            metrics.QUEUE_WAIT.labels(request.model).observe(queue_s)
+            metrics.END_TO_END.labels(request.model).observe(
+                max(0, answered_ms - request.enqueued_ms) / 1000
+            )
+            if outcome.error is None:
+                metrics.INFERENCE.labels(request.model, version).observe(outcome.run_us / 1e6)
+            self._stats.record(
+                request.model, outcome.error is None, outcome.run_us, int(queue_s * 1e6)
+            )
 
     def _deadletter_poison(self, request: RunRequest, count: int) -> list[Any]:
         error = DeadLetteredError(
@@ -212,6 +248,7 @@ class Worker:
             f"(a worker died or hung running it); moved to the dead-letter stream"
         )
         log.warning("dead-lettering %s on %s: %s", request.entry_id, request.stream, error)
+        metrics.DEAD_LETTERED.labels("poison").inc()
         return deadletter_command(
             request, self._deadletter_key(request.stream), Outcome(request, error), "poison", count
         )
@@ -224,6 +261,7 @@ class Worker:
             stream, entry_id, rid, "", "", 0, 0, 0, reply_key, mode, [], []
         )
         log.warning("dead-lettering malformed entry %s on %s: %s", entry_id, stream, exc)
+        metrics.DEAD_LETTERED.labels("malformed").inc()
         return deadletter_command(
             request, self._deadletter_key(stream), Outcome(request, exc), f"malformed: {exc}", 1
         )
@@ -251,6 +289,7 @@ class Worker:
             if not live:
                 continue
             log.info("reclaimed %d idle request(s) on %s", len(live), stream)
+            metrics.RECLAIMED.inc(len(live))
             handled += self._handle(stream, live, self._delivery_counts(stream, live))
         return handled
 

@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from inferis.client.core import ModelInfo
 
+from ..metrics import DEVICE_FALLBACKS
 from .base import BackendOptions, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class OnnxBackend:
             if worker_gpu is not None and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(worker_gpu)}))
             else:
+                DEVICE_FALLBACKS.labels(info.name, "onnx", info.device).inc()
                 log.warning(
                     "model %s v%s asks for %s but this worker serves %s (providers: %s); "
                     "running it on CPU", info.name, info.version, info.device, options.device,

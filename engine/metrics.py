@@ -1,0 +1,106 @@
+"""Worker metrics: Prometheus for scraping, per-model counters in Redis for the CLI.
+
+The Prometheus metrics are module-level (the prometheus-client idiom), so a
+backend can count a device fallback without plumbing. ``ModelStats``
+accumulates per-model counts in memory and flushes them to
+``inferis:{<model>}:stats`` hashes in one pipelined round trip every few
+seconds, so reading stats never costs the hot path a round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import Counter, Histogram, start_http_server
+
+from inferis.client import keys
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+REQUESTS = Counter(
+    "inferis_requests_total", "Requests answered, by model, version and status (ok or code)",
+    ["model", "version", "status"],
+)
+QUEUE_WAIT = Histogram(
+    "inferis_queue_wait_seconds", "Time from MODELRUN to a worker starting the request",
+    ["model"], buckets=_LATENCY_BUCKETS,
+)
+INFERENCE = Histogram(
+    "inferis_inference_seconds", "Time inside the backend for one run",
+    ["model", "version"], buckets=_LATENCY_BUCKETS,
+)
+END_TO_END = Histogram(
+    "inferis_request_seconds", "Time from MODELRUN to the answer being written",
+    ["model"], buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "inferis_read_batch_size", "Requests handled per stream read",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+MODEL_LOADS = Counter(
+    "inferis_model_loads_total", "Models loaded into memory", ["model", "version", "backend"]
+)
+MODEL_LOAD_FAILURES = Counter(
+    "inferis_model_load_failures_total", "Model loads that failed", ["model", "code"]
+)
+DEVICE_FALLBACKS = Counter(
+    "inferis_device_fallbacks_total",
+    "Models that asked for a device this worker does not serve and ran on CPU",
+    ["model", "backend", "wanted"],
+)
+RECLAIMED = Counter("inferis_reclaimed_total", "Requests taken over from an idle consumer")
+DEAD_LETTERED = Counter("inferis_dead_lettered_total", "Requests dead-lettered", ["reason"])
+REDIS_DISCONNECTS = Counter("inferis_redis_disconnects_total", "Times Redis went away")
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on ``port`` (all interfaces' loopback is the operator's choice)."""
+    start_http_server(port)
+
+
+@dataclass
+class _Counts:
+    requests: int = 0
+    errors: int = 0
+    run_us: int = 0
+    queue_us: int = 0
+
+
+class ModelStats:
+    """Per-model request counters, flushed to Redis hashes periodically."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.interval_s = interval_s
+        self._pending: dict[str, _Counts] = defaultdict(_Counts)
+        self._next_flush = time.monotonic() + interval_s
+
+    def record(self, model: str, ok: bool, run_us: int, queue_us: int) -> None:
+        counts = self._pending[model]
+        counts.requests += 1
+        counts.errors += 0 if ok else 1
+        counts.run_us += run_us
+        counts.queue_us += queue_us
+
+    def flush_due(self, conn: redis.Redis, force: bool = False) -> None:
+        if not self._pending or (not force and time.monotonic() < self._next_flush):
+            return
+        pending, self._pending = self._pending, defaultdict(_Counts)
+        now_ms = int(time.time() * 1000)
+        pipe = conn.pipeline(transaction=False)
+        for model, counts in pending.items():
+            if not keys.is_model_name(model):
+                continue  # requests for invalid names have no stats hash
+            key = keys.model_key(model, "stats")
+            pipe.hincrby(key, "requests", counts.requests)
+            pipe.hincrby(key, "errors", counts.errors)
+            pipe.hincrby(key, "run_us", counts.run_us)
+            pipe.hincrby(key, "queue_us", counts.queue_us)
+            pipe.hset(key, "last_ms", now_ms)
+        pipe.execute()
+        self._next_flush = time.monotonic() + self.interval_s

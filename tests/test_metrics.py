@@ -1,0 +1,68 @@
+"""Observability: Prometheus metrics per worker, per-model stats through Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from inferis.client import Client, InputError
+from inferis.engine.embedded import free_port
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _wait_for(predicate, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError("condition not reached")
+
+
+def test_metrics_and_stats_count_every_request(
+    client: Client, start_workers, iris, redis_server
+) -> None:
+    port = free_port()
+    start_workers(1, "--metrics-port", str(port))
+    client.modelstore("iris", "onnx", iris.blob)
+    for i in range(7):
+        client.predict("iris", {"X": iris.features[i : i + 2]})
+    for _ in range(3):
+        with pytest.raises(InputError):
+            client.predict("iris", {"X": np.ones((1, 5), np.float32)})
+
+    samples = _scrape(port)
+    ok = (("model", "iris"), ("status", "ok"), ("version", "1"))
+    bad = (("model", "iris"), ("status", "EINPUT"), ("version", "1"))
+    assert samples[("inferis_requests_total", ok)] == 7
+    assert samples[("inferis_requests_total", bad)] == 3
+    assert samples[("inferis_inference_seconds_count", (("model", "iris"), ("version", "1")))] == 7
+    assert samples[("inferis_request_seconds_count", (("model", "iris"),))] == 10
+    loads = (("backend", "onnx"), ("model", "iris"), ("version", "1"))
+    assert samples[("inferis_model_loads_total", loads)] == 1
+    assert samples[("inferis_read_batch_size_count", ())] >= 1
+
+    stats = _wait_for(lambda: (s := client.modelstats("iris")).get("requests") == 10 and s)
+    assert stats["errors"] == 3 and stats["run_us"] > 0
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "inferis.engine", "model", "--redis", redis_server.url, "stats"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.splitlines()
+    row = next(line for line in shown if line.startswith("iris"))
+    assert row.split()[1:3] == ["10", "3"]
