@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -20,6 +21,7 @@ from inferis.client import Client, InferisError
 
 from .backends.base import BackendOptions
 from .embedded import EmbeddedRedis
+from .introspect import store_model
 from .library import ensure_library
 from .supervisor import WorkerPool
 from .worker import Worker, WorkerConfig
@@ -105,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--format", default="")
     store.add_argument("--device", default="CPU")
     store.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    store.add_argument("--input", action="append", default=[], metavar="NAME:DTYPE:SHAPE",
+                       help="declare an input, e.g. X:float32:-1,4 (repeat in order)")
+    store.add_argument("--output", action="append", default=[], metavar="NAME:DTYPE:SHAPE")
+    store.add_argument("--meta", default="", help="extra metadata as a JSON object")
+    store.add_argument("--no-inspect", action="store_true",
+                       help="do not load the model here to record its signature")
     msub.add_parser("list", parents=[common], help="list model names")
     get = msub.add_parser("get", parents=[common], help="show a version's metadata")
     get.add_argument("name")
@@ -206,14 +214,32 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _spec(text: str) -> dict[str, Any]:
+    """``X:float32:-1,4`` -> a declared tensor spec (an empty shape is a scalar)."""
+    try:
+        name, dtype, shape = text.split(":")
+        dims = [int(d) for d in shape.split(",") if d.strip()]
+    except ValueError:
+        raise SystemExit(f"bad tensor spec {text!r}; expected NAME:DTYPE:SHAPE") from None
+    return {"name": name, "dtype": dtype, "shape": dims}
+
+
 def cmd_model(ns: argparse.Namespace) -> int:
     with Client(ns.redis) as client:
         if ns.model_command == "store":
-            tags = dict(t.split("=", 1) for t in ns.tag)
-            stored = client.modelstore(
-                ns.name, ns.backend, ns.file.read_bytes(),
-                format=ns.format, device=ns.device, tags=tags,
-            )
+            options: dict[str, Any] = {
+                "format": ns.format,
+                "device": ns.device,
+                "tags": dict(t.split("=", 1) for t in ns.tag),
+                "inputs": [_spec(text) for text in ns.input],
+                "outputs": [_spec(text) for text in ns.output],
+                "extra": json.loads(ns.meta) if ns.meta else None,
+            }
+            blob = ns.file.read_bytes()
+            if ns.no_inspect:
+                stored = client.modelstore(ns.name, ns.backend, blob, **options)
+            else:
+                stored = store_model(client, ns.name, ns.backend, blob, **options)
             state = "stored" if stored.created else "already stored"
             print(f"{stored.name} version {stored.version} {state} (sha256 {stored.digest})")
         elif ns.model_command == "list":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -67,7 +68,11 @@ def test_model_commands(redis_server, tmp_path: Path, iris) -> None:
     assert "iris version 1 stored" in run("store", "iris", str(model), "--tag", "team=risk")
     assert "already stored" in run("store", "iris", str(model))
     assert run("list").split() == ["iris"]
-    assert '"team": "risk"' in run("get", "iris")
+    shown = run("get", "iris")
+    assert '"team": "risk"' in shown
+    info = json.loads(shown)  # the signature was read from the model at store time
+    assert info["inputs"] == [{"name": "X", "dtype": "float32", "shape": [-1, 4]}]
+    assert [o["name"] for o in info["outputs"]] == ["label", "probabilities"]
     assert "deleted 1 version(s)" in run("del", "iris")
     failed = subprocess.run(
         [*INFERIS, "model", *url, "get", "iris"], capture_output=True, text=True, timeout=60

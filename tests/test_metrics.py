@@ -66,3 +66,13 @@ def test_metrics_and_stats_count_every_request(
     ).stdout.splitlines()
     row = next(line for line in shown if line.startswith("iris"))
     assert row.split()[1:3] == ["10", "3"]
+
+
+def test_a_gpu_model_on_a_cpu_worker_falls_back_loudly(client: Client, start_workers, iris) -> None:
+    port = free_port()
+    start_workers(1, "--metrics-port", str(port), "--device", "CPU")
+    client.modelstore("iris-gpu", "onnx", iris.blob, device="GPU:0")
+    out = client.predict("iris-gpu", {"X": iris.features[:3]})
+    assert np.array_equal(out["label"], iris.reference(iris.features[:3])["label"])
+    fallback = (("backend", "onnx"), ("model", "iris-gpu"), ("wanted", "GPU:0"))
+    assert _scrape(port)[("inferis_device_fallbacks_total", fallback)] == 1
