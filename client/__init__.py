@@ -8,7 +8,7 @@ Light on purpose: it needs redis, hiredis, numpy and msgpack, no ML framework.
 """
 
 from .async_client import AsyncClient
-from .core import ModelInfo, RunResult, StoredVersion
+from .core import ModelInfo, Ref, RunResult, StoredVersion
 from .errors import (
     ArgumentError,
     BackendError,
@@ -40,6 +40,7 @@ __all__ = [
     "InputError",
     "ModelInfo",
     "ModelNotFoundError",
+    "Ref",
     "RunResult",
     "StoredVersion",
     "TensorError",

@@ -47,6 +47,17 @@ class Command:
 
 
 @dataclass(frozen=True)
+class Ref:
+    """An input already stored in Redis, passed by key instead of by value.
+
+    The key must carry the partition's hash tag (``{inferis:0}:...``) so the
+    request stays in one slot.
+    """
+
+    key: str
+
+
+@dataclass(frozen=True)
 class Enqueued:
     rid: str
     entry_id: str
@@ -145,13 +156,19 @@ def build_predict(
     timeout_ms: int,
     ttl_ms: int,
 ) -> Command:
-    """MODELRUN with inline inputs; the model decides the outputs."""
+    """MODELRUN with inline inputs (or :class:`Ref` to stored tensors); the model
+    decides the outputs."""
     pairs = normalise_inputs(inputs)
-    in_keys = [keys.request_key(partition, rid, f"in:{i}") for i in range(len(pairs))]
+    in_keys = [
+        value.key if isinstance(value, Ref) else keys.request_key(partition, rid, f"in:{i}")
+        for i, (_, value) in enumerate(pairs)
+    ]
     args: list[Any] = ["MODEL", model, "INPUTS", len(pairs), "OUTPUTS", 0]
     if any(name for name, _ in pairs):
         args += ["INNAMES", *[name for name, _ in pairs]]
     for i, (_, value) in enumerate(pairs, start=1):
+        if isinstance(value, Ref):
+            continue  # the worker reads the stored tensor (colocated: same hash tag)
         args += ["DATA", i, value if isinstance(value, bytes) else encode_tensor(value)]
     args += _run_options(rid, reply_key, version, timeout_ms, ttl_ms)
     return Command("MODELRUN", [keys.request_stream(partition), *in_keys], args)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import redis
 
-from inferis.client import Client, ModelNotFoundError, decode_tensor
+from inferis.client import ArgumentError, Client, ModelNotFoundError, Ref, decode_tensor
 from inferis.client import keys as K
 
 from . import models
@@ -77,6 +77,11 @@ def test_modelexecute_on_stored_keys_including_a_large_reference(
     assert np.array_equal(result.outputs["S"], big + 1)  # fetched by key: too big to inline
     positional = client.modelexecute("two", [f"{tag}:x", f"{tag}:ref"], [f"{tag}:first"])
     assert np.array_equal(positional.outputs["S"], big + 1)
+    # mixed: one input inline, the other by reference to the stored tensor
+    mixed = client.predict("two", {"A": np.zeros((300, 200)), "B": Ref(f"{tag}:ref")})
+    assert np.array_equal(mixed["P"], np.zeros((300, 200))) and np.array_equal(mixed["S"], big)
+    with pytest.raises(ArgumentError, match="must share the hash tag"):
+        client.predict("two", {"A": np.zeros((2, 2)), "B": Ref("{elsewhere}:ref")})
 
 
 def test_raw_redis_commands_without_the_sdk(r: redis.Redis, workers, iris) -> None:
