@@ -76,6 +76,7 @@ class RunResult:
     output_keys: dict[str, str] = field(default_factory=dict)
     error: InferisError | None = None
     timing_us: dict[str, int] = field(default_factory=dict)
+    batch_size: int = 1  # how many requests the worker ran together with this one
     missing: list[str] = field(default_factory=list)
 
     def raise_for_error(self) -> RunResult:
@@ -222,7 +223,9 @@ def parse_run_reply(payload: bytes) -> RunResult:
     """
     msg = msgpack.unpackb(payload, raw=False)
     result = RunResult(rid=msg["rid"], model=msg.get("model", ""), version=msg.get("version", 0))
-    result.timing_us = msg.get("timing", {})
+    timing = dict(msg.get("timing", {}))
+    result.batch_size = int(timing.pop("batch", 1))
+    result.timing_us = timing
     if not msg.get("ok"):
         result.error = error_from_code(msg.get("code", "EINFERIS"), msg.get("error", ""))
         return result
@@ -267,7 +270,7 @@ def build_modelstore(
     format: str = "",
     inputs: Sequence[Mapping[str, Any]] | None = None,
     outputs: Sequence[Mapping[str, Any]] | None = None,
-    batch: tuple[int, int] | None = None,
+    batch: tuple[int, int] | tuple[int, int, Sequence[int]] | None = None,
     tags: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
     chunk_size: int = CHUNK_SIZE,
@@ -284,6 +287,8 @@ def build_modelstore(
     args += _spec_args("INPUT", inputs) + _spec_args("OUTPUT", outputs)
     if batch is not None:
         args += ["BATCH", int(batch[0]), int(batch[1])]
+        if len(batch) > 2:
+            args += ["PREFERRED", ",".join(str(int(n)) for n in batch[2])]  # type: ignore[misc]
     for k, v in (tags or {}).items():
         args += ["TAG", k, v]
     if extra:

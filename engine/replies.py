@@ -28,7 +28,9 @@ def payload(outcome: Outcome, queue_us: int) -> bytes:
             "ok": ok,
             "model": request.model,
             "version": outcome.version,
-            "timing": {"queue_us": queue_us, "run_us": outcome.run_us},
+            "timing": {
+                "queue_us": queue_us, "run_us": outcome.run_us, "batch": outcome.batch_size
+            },
         }
         if ok:
             msg["outputs"] = [

@@ -194,21 +194,20 @@ class Worker:
         deliveries: dict[str, int] | None = None,
     ) -> int:
         assert self._redis is not None and self._executor is not None
-        commands: list[list[Any]] = []
-        runnable: list[RunRequest] = []
-        for entry_id, fields in entries:
-            count = (deliveries or {}).get(entry_id, 1)
-            try:
-                request = parse_entry(stream, entry_id, fields)
-            except InferisError as exc:
-                commands.append(self._deadletter_malformed(stream, entry_id, fields, exc))
-                continue
-            if count > self.config.max_deliveries:
-                commands.append(self._deadletter_poison(request, count))
-                continue
-            runnable.append(request)
+        commands, runnable = self._admit(stream, entries, deliveries or {})
         now = self.now_ms()
-        outcomes = self._executor.execute(runnable, now)
+        outcomes, prepared = self._executor.prepare(runnable, now)
+        delay_us = self._executor.batch_delay_us(prepared) if deliveries is None else 0
+        if delay_us:
+            # A batch is not full yet: wait up to the model's max_queue_delay for more.
+            more = self._read_more(stream, delay_us)
+            extra_commands, extra = self._admit(stream, more, {})
+            commands += extra_commands
+            extra_outcomes, extra_prepared = self._executor.prepare(extra, self.now_ms())
+            outcomes += extra_outcomes
+            prepared += extra_prepared
+            entries = entries + more
+        self._executor.run(prepared)
         for outcome in outcomes:
             queue_us = max(0, now - outcome.request.enqueued_ms) * 1000
             commands.append(complete_command(outcome, queue_us))
@@ -223,6 +222,36 @@ class Worker:
         metrics.BATCH_SIZE.observe(len(entries))
         self.served += len(entries)
         return len(entries)
+
+    def _admit(
+        self,
+        stream: str,
+        entries: list[tuple[str, dict[bytes, bytes]]],
+        deliveries: dict[str, int],
+    ) -> tuple[list[list[Any]], list[RunRequest]]:
+        """Parse entries; malformed and poison ones become dead-letter commands."""
+        commands: list[list[Any]] = []
+        runnable: list[RunRequest] = []
+        for entry_id, fields in entries:
+            try:
+                request = parse_entry(stream, entry_id, fields)
+            except InferisError as exc:
+                commands.append(self._deadletter_malformed(stream, entry_id, fields, exc))
+                continue
+            count = deliveries.get(entry_id, 1)
+            if count > self.config.max_deliveries:
+                commands.append(self._deadletter_poison(request, count))
+                continue
+            runnable.append(request)
+        return commands, runnable
+
+    def _read_more(self, stream: str, delay_us: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        assert self._redis is not None
+        block = delay_us // 1000 or None  # under a millisecond: take what is there now
+        reply = self._redis.xreadgroup(
+            keys.GROUP, self.consumer, {stream: ">"}, count=self.config.read_count, block=block
+        )
+        return [(i.decode(), f) for _, got in reply or [] for i, f in got if f]
 
     def _record(self, outcomes: list[Outcome], started_ms: int) -> None:
         answered_ms = self.now_ms()

@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '2'
+local LIB_VERSION = '3'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -396,7 +396,8 @@ local function modelchunk(keys, args)
 end
 
 -- MODELSTORE name BACKEND b DIGEST hex [FORMAT f] [DEVICE d] [INPUT n dtype shape]...
---   [OUTPUT n dtype shape]... [BATCH max_size max_delay_us] [TAG k v]... [META json]
+--   [OUTPUT n dtype shape]... [BATCH max_size max_delay_us] [PREFERRED n,n...] [TAG k v]...
+--   [META json]
 --   (BLOB bytes | CHUNKS n)
 local function modelstore(keys, args)
   local name = keys[1]
@@ -421,9 +422,17 @@ local function modelstore(keys, args)
     elseif u == 'OUTPUT' then
       m.outputs[#m.outputs + 1] = parse_spec(args[i + 1], args[i + 2], args[i + 3], 'OUTPUT'); i = i + 4
     elseif u == 'BATCH' then
-      m.batching = {max_batch_size = to_int(args[i + 1], 'BATCH max size', 0, 1000000),
-                    max_queue_delay_us = to_int(args[i + 2], 'BATCH max delay', 0, 60000000)}
+      m.batching.max_batch_size = to_int(args[i + 1], 'BATCH max size', 0, 1000000)
+      m.batching.max_queue_delay_us = to_int(args[i + 2], 'BATCH max delay', 0, 60000000)
       i = i + 3
+    elseif u == 'PREFERRED' then
+      local sizes = {}
+      for part in string.gmatch(args[i + 1] or '', '[^,]+') do
+        sizes[#sizes + 1] = to_int(part, 'PREFERRED batch size', 1, 1000000)
+      end
+      if #sizes == 0 then fail('EARGS', 'PREFERRED takes sizes like 8,16,32') end
+      m.batching.preferred_batch_sizes = sizes
+      i = i + 2
     elseif u == 'META' then
       local ok, decoded = pcall(cjson.decode, args[i + 1] or '')
       if not ok or type(decoded) ~= 'table' then fail('EARGS', 'META must be a JSON object') end
