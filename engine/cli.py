@@ -20,6 +20,7 @@ import redis
 from inferis.client import Client, InferisError
 
 from .backends.base import BackendOptions
+from .backends.savedmodel import pack_saved_model
 from .embedded import EmbeddedRedis
 from .introspect import store_model
 from .library import ensure_library
@@ -42,6 +43,8 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-models", type=int, default=32, help="loaded models kept in memory")
     p.add_argument("--trust-unsafe-formats", action="store_true",
                    help="allow model formats that run code on load (pickle)")
+    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend option, e.g. skops_trusted=pkg.Class,pkg.func (repeatable)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics on this port (0: off); with up/demo, "
                         "worker i uses port + i")
@@ -59,7 +62,16 @@ def _worker_args(ns: argparse.Namespace) -> list[str]:
     ]
     if ns.trust_unsafe_formats:
         args.append("--trust-unsafe-formats")
+    for option in ns.backend_option:
+        args += ["--backend-option", option]
     return args
+
+
+def _backend_options(pairs: Sequence[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise SystemExit(f"--backend-option takes KEY=VALUE, got {bad[0]!r}")
+    return dict(p.split("=", 1) for p in pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +209,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
             intra_op_threads=ns.intra_op_threads,
             inter_op_threads=ns.inter_op_threads,
             trust_unsafe_formats=ns.trust_unsafe_formats,
+            extra=_backend_options(ns.backend_option),
         ),
     )
     Worker(config).run()
@@ -235,7 +248,8 @@ def cmd_model(ns: argparse.Namespace) -> int:
                 "outputs": [_spec(text) for text in ns.output],
                 "extra": json.loads(ns.meta) if ns.meta else None,
             }
-            blob = ns.file.read_bytes()
+            # A directory is a TensorFlow SavedModel: packed into one deterministic tar.
+            blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
             if ns.no_inspect:
                 stored = client.modelstore(ns.name, ns.backend, blob, **options)
             else:

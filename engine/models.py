@@ -10,6 +10,7 @@ content digest, and every load verifies the blob's SHA-256.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -40,7 +41,14 @@ MOVING_REF_TTL_S = 5.0
 FAILED_LOAD_TTL_S = 30.0
 
 
-_LoadKey = tuple[str, str, str, str]  # digest, backend, format, device
+# digest, backend, format, device, and the load options a backend reads from the
+# metadata (declared specs, extra): the same bytes can load as different models.
+_LoadKey = tuple[str, str, str, str, str]
+
+
+def _load_key(info: ModelInfo) -> _LoadKey:
+    options = json.dumps([info.inputs, info.outputs, info.extra], sort_keys=True, default=str)
+    return (info.digest, info.backend, info.format, info.device, options)
 
 
 @dataclass
@@ -96,8 +104,7 @@ class ModelCache:
         return info
 
     def load(self, info: ModelInfo) -> LoadedModel:
-        # The same bytes stored with another backend, format or device load differently.
-        key = (info.digest, info.backend, info.format, info.device)
+        key = _load_key(info)
         model = self._loaded.get(key)
         if model is not None:
             self._loaded.move_to_end(key)

@@ -95,6 +95,19 @@ class Worker:
                 self._disconnect()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except redis.ResponseError as exc:
+                # e.g. someone replaced the request stream with another type: say so
+                # loudly and keep trying; a worker never dies of what is in Redis.
+                log.error("redis refused a worker command (%s); retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                # A bug must not take the worker down: what it held stays pending
+                # in Redis and is reclaimed, by this worker or another.
+                log.exception("unexpected error in the worker loop; retrying in %.1fs", backoff)
+                self._disconnect()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
         self._flush_stats_before_exit()
         self._disconnect()
         log.info("worker %s stopped after serving %d requests", self.consumer, self.served)

@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '3'
+local LIB_VERSION = '4'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -98,6 +98,14 @@ end
 local function check_name(name)
   if type(name) ~= 'string' or #name == 0 or #name > 128 or not string.match(name, '^[%w][%w_.%-]*$') then
     fail('EARGS', 'model name must be 1-128 characters of letters, digits, _ . - (got ' .. tostring(name) .. ')')
+  end
+end
+
+-- Functions write tensors only over tensors: never clobber a stream, hash, ...
+local function check_writable(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= 'string' then
+    fail('EARGS', 'key ' .. key .. ' holds a ' .. t .. ', not a tensor; refusing to overwrite it')
   end
 end
 
@@ -268,6 +276,7 @@ local function tensorset(keys, args)
   if upper(args[1]) == 'RAW' then
     if #args ~= 2 then fail('EARGS', 'TENSORSET key RAW takes exactly one value') end
     parse_tensor(args[2], 'value')
+    check_writable(key)
     redis.call('SET', key, args[2])
     return 'OK'
   end
@@ -297,6 +306,7 @@ local function tensorset(keys, args)
   end
   local value = encode_header(dtype, shape) .. data
   parse_tensor(value, 'value')
+  check_writable(key)
   redis.call('SET', key, value)
   return 'OK'
 end
@@ -604,6 +614,10 @@ local function modelrun(keys, args)
   if r.rid ~= nil and (#r.rid == 0 or #r.rid > 64 or not string.match(r.rid, '^[%w_.%-]+$')) then
     fail('EARGS', 'ID must be 1-64 characters of letters, digits, _ . -')
   end
+  local stream_type = redis.call('TYPE', stream)['ok']
+  if stream_type ~= 'none' and stream_type ~= 'stream' then
+    fail('EARGS', stream .. ' holds a ' .. stream_type .. ', not a request stream')
+  end
   local base = request_base(stream)
   if r.reply ~= '' and request_base(r.reply) ~= base then
     fail('EARGS', 'REPLYTO ' .. r.reply .. ' must share the hash tag of ' .. stream)
@@ -615,6 +629,8 @@ local function modelrun(keys, args)
       fail('EARGS', 'key ' .. keys[j] .. ' must share the hash tag ' .. base .. ' of ' .. stream)
     end
   end
+
+  for j = 1, r.n_out do check_writable(keys[1 + r.n_in + j]) end
 
   -- Back-pressure: refuse at once rather than let latency grow without bound.
   local max_queue = tonumber(redis.call('HGET', base .. ':config', 'max_queue') or '0')
@@ -629,6 +645,7 @@ local function modelrun(keys, args)
     local what = 'input ' .. j .. ' (' .. key .. ')'
     if r.data[j] then
       parse_tensor(r.data[j], what)
+      check_writable(key)
       if #r.data[j] <= INLINE_LIMIT then inline[j] = r.data[j] end
     else
       local ok, n = pcall(redis.call, 'STRLEN', key)

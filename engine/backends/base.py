@@ -34,6 +34,15 @@ class TensorSpec:
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
+def gpu_index(device: str) -> int | None:
+    """``GPU``/``GPU:1``/``CUDA:0`` -> device index; CPU -> None."""
+    text = device.upper()
+    if not (text.startswith("GPU") or text.startswith("CUDA")):
+        return None
+    _, _, index = text.partition(":")
+    return int(index) if index else 0
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How a worker runs models: its device and thread budget."""

@@ -10,7 +10,7 @@ import onnxruntime as ort
 from inferis.client.core import ModelInfo
 
 from ..metrics import DEVICE_FALLBACKS
-from .base import BackendOptions, TensorSpec
+from .base import BackendOptions, TensorSpec, gpu_index
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
         return TensorSpec(arg.name, f"unsupported:{arg.type}", None)
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape or [])
     return TensorSpec(arg.name, dtype, shape)
-
-
-def gpu_index(device: str) -> int | None:
-    """``GPU``/``GPU:1``/``CUDA:0`` -> device index; CPU -> None."""
-    text = device.upper()
-    if not (text.startswith("GPU") or text.startswith("CUDA")):
-        return None
-    _, _, index = text.partition(":")
-    return int(index) if index else 0
 
 
 class OnnxModel:

@@ -25,8 +25,9 @@ import numpy as np
 
 from inferis.client.core import ModelInfo
 
-from .base import BackendOptions, TensorSpec
-from .onnx import gpu_index
+from .base import BackendOptions, TensorSpec, gpu_index
+from .savedmodel import SAVED_MODEL_FILES
+from .savedmodel import pack_saved_model as pack_saved_model  # re-exported for callers
 
 # Must be set before TensorFlow's C++ runtime loads, or it logs every kernel choice.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -35,7 +36,6 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 # TensorFlow dtypes -> wire dtype names (client/tensor.py)
 _WIRE_DTYPES: dict[tf.DType, str] = {
@@ -135,41 +135,6 @@ def _device(info: ModelInfo, options: BackendOptions) -> str:
 
 # ---------------------------------------------------------------------------
 # SavedModel
-
-
-def pack_saved_model(directory: str | os.PathLike[str]) -> bytes:
-    """Tar a SavedModel directory deterministically: the same files give the same digest.
-
-    Entries are sorted, with zeroed mtimes and owners and fixed modes; files
-    reached through symbolic links are stored as regular files.
-    """
-    root = Path(directory)
-    if not any((root / f).is_file() for f in SAVED_MODEL_FILES):
-        raise ValueError(f"{root} is not a SavedModel directory: it has no saved_model.pb")
-    entries: list[tuple[str, Path]] = []
-    for current, dirnames, filenames in os.walk(root):
-        base = Path(current)
-        for name in dirnames:
-            if (base / name).is_symlink():
-                raise ValueError(f"{base / name} is a link to a directory; copy it in instead")
-        entries += [(p.relative_to(root).as_posix(), p) for p in (base / n for n in dirnames)]
-        entries += [(p.relative_to(root).as_posix(), p) for p in (base / n for n in filenames)]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, path in sorted(entries):
-            member = tarfile.TarInfo(name)
-            member.mtime = 0
-            member.uid = member.gid = 0
-            member.uname = member.gname = ""
-            if path.is_dir():
-                member.type, member.mode = tarfile.DIRTYPE, 0o755
-                archive.addfile(member)
-                continue
-            member.mode = 0o644
-            member.size = path.stat().st_size
-            with path.open("rb") as handle:
-                archive.addfile(member, handle)
-    return buffer.getvalue()
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import pickle
+import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +27,16 @@ import numpy as np
 import torch
 from torch.export.graph_signature import OutputKind
 from torch.export.passes import move_to_device_pass
+from torch.export.pt2_archive import constants as pt2_archive
 from torch.utils import _pytree as pytree
 
 from inferis.client.core import ModelInfo
-from inferis.client.errors import InputError
+from inferis.client.errors import InferisError, InputError, UnsafeModelError
 from inferis.client.tensor import numpy_dtype
 
+from ..metrics import DEVICE_FALLBACKS
 from ..signature import declared_specs
-from .base import ANY_DTYPE, BackendOptions, TensorSpec
-from .onnx import gpu_index
+from .base import ANY_DTYPE, BackendOptions, TensorSpec, gpu_index
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,7 @@ def _select_device(info: ModelInfo, options: BackendOptions) -> torch.device:
     worker_gpu = gpu_index(options.device)
     if worker_gpu is not None and torch.cuda.is_available():
         return torch.device("cuda", worker_gpu)
+    DEVICE_FALLBACKS.labels(info.name, "torch", info.device).inc()
     log.warning(
         "model %s v%s asks for %s but this worker serves %s (torch CUDA available: %s); "
         "running it on CPU", info.name, info.version, info.device, options.device,
@@ -316,6 +322,8 @@ def _open_archive(blob: bytes, want: str, load: Callable[[io.BytesIO], Any]) -> 
         raise ValueError(_MISMATCH[kind])
     try:
         return load(io.BytesIO(blob))
+    except InferisError:
+        raise
     except Exception as exc:
         first_line = next(iter(str(exc).splitlines()), "")
         raise ValueError(
@@ -323,7 +331,10 @@ def _open_archive(blob: bytes, want: str, load: Callable[[io.BytesIO], Any]) -> 
         ) from None
 
 
-def _load_torchscript(blob: bytes, info: ModelInfo, device: torch.device) -> TorchModel:
+def _load_torchscript(
+    blob: bytes, info: ModelInfo, device: torch.device, trusted: bool
+) -> TorchModel:
+    # TorchScript archives unpickle with torch's restricted unpickler: no Python code runs.
     module = _open_archive(
         blob, "torchscript", lambda f: torch.jit.load(f, map_location=device)
     )
@@ -340,7 +351,9 @@ def _load_torchscript(blob: bytes, info: ModelInfo, device: torch.device) -> Tor
     )
 
 
-def _load_source(blob: bytes, info: ModelInfo, device: torch.device) -> TorchModel:
+def _load_source(
+    blob: bytes, info: ModelInfo, device: torch.device, trusted: bool
+) -> TorchModel:
     # TorchScript is a typed subset of Python compiled by torch itself: it cannot
     # import modules or call Python functions, so storing a script does not let
     # anyone run arbitrary Python on the worker (unlike pickle). It can still call
@@ -410,8 +423,70 @@ def _pt2_layout(
     return OutputLayout(names, by_key=False), names
 
 
-def _load_pt2(blob: bytes, info: ModelInfo, device: torch.device) -> TorchModel:
-    program = _open_archive(blob, "pt2", torch.export.load)
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def _weights_only_unpickling() -> Iterator[None]:
+    """Make every torch.load inside use weights_only=True, whatever its caller asks.
+
+    torch.export.load unpickles some archive entries with weights_only=False (and
+    retries sample inputs that way), which runs any code the archive carries.
+    torch reads this variable on every torch.load call; workers are single-threaded.
+    """
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
+
+
+def _pt2_code(blob: bytes) -> str | None:
+    """What a .pt2 archive holds that would run as code when loaded, if anything."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            entries = [n.split("/", 1)[-1] for n in archive.namelist()]
+    except (zipfile.BadZipFile, ValueError):
+        return None  # not an archive: _open_archive says so
+    if any(e.startswith(pt2_archive.AOTINDUCTOR_DIR) for e in entries):
+        return "AOTInductor-compiled native code"
+    opaque = pt2_archive.CONSTANTS_DIR + pt2_archive.OPAQUE_OBJ_FILENAME_PREFIX
+    if any(e.startswith(opaque) for e in entries):
+        return "pickled Python objects"
+    return None
+
+
+def _unsafe_pt2(info: ModelInfo, content: str) -> UnsafeModelError:
+    return UnsafeModelError(
+        f"model {info.name} v{info.version} (pt2) holds {content}, which can run code when "
+        "loaded; the worker refuses it unless started with --trust-unsafe-formats"
+    )
+
+
+def _load_pt2(
+    blob: bytes, info: ModelInfo, device: torch.device, trusted: bool
+) -> TorchModel:
+    if trusted:
+        program = _open_archive(blob, "pt2", torch.export.load)
+    else:
+        code = _pt2_code(blob)
+        if code is not None:
+            raise _unsafe_pt2(info, code)
+
+        def load(f: io.BytesIO) -> Any:
+            try:
+                with _weights_only_unpickling():
+                    return torch.export.load(f)
+            except pickle.UnpicklingError as exc:
+                found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+                what = f" ({found.group(1)})" if found else ""
+                raise _unsafe_pt2(info, f"pickled objects beyond tensors{what}") from None
+
+        program = _open_archive(blob, "pt2", load)
     if device.type != "cpu":
         program = move_to_device_pass(program, device)
     signature = program.graph_signature
@@ -440,7 +515,7 @@ def _load_pt2(blob: bytes, info: ModelInfo, device: torch.device) -> TorchModel:
     return TorchModel(call, inputs, outputs, layout, device)
 
 
-_LOADERS: dict[str, Callable[[bytes, ModelInfo, torch.device], TorchModel]] = {
+_LOADERS: dict[str, Callable[[bytes, ModelInfo, torch.device, bool], TorchModel]] = {
     "torchscript": _load_torchscript,
     "pt2": _load_pt2,
     "torchscript-source": _load_source,
@@ -458,5 +533,5 @@ class TorchBackend:
                 f"backend torch has no format {fmt!r}; formats: {', '.join(FORMATS)}"
             )
         _configure_threads(options)
-        return loader(blob, info, _select_device(info, options))
+        return loader(blob, info, _select_device(info, options), options.trust_unsafe_formats)
 
