@@ -57,7 +57,9 @@ def describe(
         format=format, device=device, inputs=list(inputs), outputs=list(outputs), batching={},
         tags={}, extra=dict(extra or {}), created_ms=0, size=len(blob), chunks=1,
     )
-    model = get_backend(backend).load(blob, info, BackendOptions())
+    # Threads 0: inspecting must not change the calling process's thread settings.
+    options = BackendOptions(intra_op_threads=0, inter_op_threads=0)
+    model = get_backend(backend).load(blob, info, options)
     try:
         found_in = _as_declared(merge_specs(model.inputs, inputs))
         found_out = _as_declared(merge_specs(model.outputs, outputs))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from prometheus_client import Counter, Histogram, start_http_server
@@ -57,6 +58,36 @@ DEVICE_FALLBACKS = Counter(
 RECLAIMED = Counter("inferis_reclaimed_total", "Requests taken over from an idle consumer")
 DEAD_LETTERED = Counter("inferis_dead_lettered_total", "Requests dead-lettered", ["reason"])
 REDIS_DISCONNECTS = Counter("inferis_redis_disconnects_total", "Times Redis went away")
+
+
+class Series:
+    """The labelled children of one model version: ``labels()`` is slow per request."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self._model, self._version = model, version
+        self._requests: dict[str, Any] = {}
+        self.queue_wait = QUEUE_WAIT.labels(model)
+        self.end_to_end = END_TO_END.labels(model)
+        self.inference = INFERENCE.labels(model, version)
+
+    def requests(self, status: str) -> Any:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = REQUESTS.labels(self._model, self._version, status)
+        return child
+
+
+_SERIES: dict[tuple[str, str], Series] = {}
+_MAX_SERIES = 10_000  # bound label cardinality if callers send arbitrary model names
+
+
+def series(model: str, version: str) -> Series:
+    found = _SERIES.get((model, version))
+    if found is None:
+        if len(_SERIES) >= _MAX_SERIES:
+            _SERIES.clear()
+        found = _SERIES[(model, version)] = Series(model, version)
+    return found
 
 
 def serve(port: int) -> None:

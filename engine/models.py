@@ -67,6 +67,7 @@ class ModelCache:
         self._resolved: dict[tuple[str, str], _Resolved] = {}
         self._loaded: OrderedDict[_LoadKey, LoadedModel] = OrderedDict()
         self._failed: dict[_LoadKey, tuple[InferisError, float]] = {}
+        self._load_keys: dict[tuple[str, int, str], _LoadKey] = {}
         self.loads = 0
 
     def rebind(self, conn: redis.Redis) -> None:
@@ -104,7 +105,11 @@ class ModelCache:
         return info
 
     def load(self, info: ModelInfo) -> LoadedModel:
-        key = _load_key(info)
+        # A numbered version's metadata never changes: its load key is computed once.
+        ident = (info.name, info.version, info.digest)
+        key = self._load_keys.get(ident)
+        if key is None:
+            key = self._load_keys[ident] = _load_key(info)
         model = self._loaded.get(key)
         if model is not None:
             self._loaded.move_to_end(key)

@@ -54,16 +54,22 @@ def payload(outcome: Outcome, queue_us: int) -> bytes:
     return json.dumps(doc).encode()
 
 
-def complete_command(outcome: Outcome, queue_us: int) -> list[Any]:
-    """FCALL _INFERIS_COMPLETE: acknowledge, write outputs and reply atomically."""
-    request = outcome.request
-    out_keys = [key for _, key, _ in outcome.outputs]
-    blobs = [blob for _, _, blob in outcome.outputs]
-    return [
-        "FCALL", "_INFERIS_COMPLETE", 2 + len(out_keys), request.stream, request.reply_key,
-        *out_keys, request.entry_id, request.reply_mode, request.ttl_ms,
-        payload(outcome, queue_us), *blobs,
-    ]
+def complete_command(outcomes: list[tuple[Outcome, int]]) -> list[Any]:
+    """One FCALL _INFERIS_COMPLETE for a batch of (outcome, queue_us): for each entry,
+    acknowledge, write outputs and reply, atomically. All share one request stream."""
+    stream = outcomes[0][0].request.stream
+    call_keys: list[Any] = [stream]
+    args: list[Any] = [len(outcomes)]
+    for outcome, queue_us in outcomes:
+        request = outcome.request
+        call_keys.append(request.reply_key)
+        call_keys += [key for _, key, _ in outcome.outputs]
+        args += [
+            request.entry_id, request.reply_mode, request.ttl_ms,
+            payload(outcome, queue_us), len(outcome.outputs),
+        ]
+        args += [blob for _, _, blob in outcome.outputs]
+    return ["FCALL", "_INFERIS_COMPLETE", len(call_keys), *call_keys, *args]
 
 
 def deadletter_command(

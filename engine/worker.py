@@ -34,6 +34,7 @@ from .requests import RunRequest, parse_entry, reply_target
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+UNRESOLVED = "(unresolved)"
 
 
 @dataclass
@@ -221,9 +222,12 @@ class Worker:
             prepared += extra_prepared
             entries = entries + more
         self._executor.run(prepared)
-        for outcome in outcomes:
-            queue_us = max(0, now - outcome.request.enqueued_ms) * 1000
-            commands.append(complete_command(outcome, queue_us))
+        if outcomes:
+            commands.append(
+                complete_command(
+                    [(o, max(0, now - o.request.enqueued_ms) * 1000) for o in outcomes]
+                )
+            )
         if commands:
             pipe = self._redis.pipeline(transaction=False)
             for command in commands:
@@ -271,18 +275,20 @@ class Worker:
         for outcome in outcomes:
             request = outcome.request
             status = "ok" if outcome.error is None else outcome.error.code
-            version = str(outcome.version) if outcome.version else request.version or "?"
             queue_s = max(0, started_ms - request.enqueued_ms) / 1000
-            metrics.REQUESTS.labels(request.model, version, status).inc()
-            metrics.QUEUE_WAIT.labels(request.model).observe(queue_s)
-            metrics.END_TO_END.labels(request.model).observe(
-                max(0, answered_ms - request.enqueued_ms) / 1000
-            )
+            # Requests that never resolved to a stored version (unknown names) share
+            # one series, so arbitrary names cannot grow the metrics without bound.
+            model = request.model if outcome.version else UNRESOLVED
+            series = metrics.series(model, str(outcome.version or "-"))
+            series.requests(status).inc()
+            series.queue_wait.observe(queue_s)
+            series.end_to_end.observe(max(0, answered_ms - request.enqueued_ms) / 1000)
             if outcome.error is None:
-                metrics.INFERENCE.labels(request.model, version).observe(outcome.run_us / 1e6)
-            self._stats.record(
-                request.model, outcome.error is None, outcome.run_us, int(queue_s * 1e6)
-            )
+                series.inference.observe(outcome.run_us / 1e6)
+            if outcome.version:
+                self._stats.record(
+                    request.model, outcome.error is None, outcome.run_us, int(queue_s * 1e6)
+                )
 
     def _deadletter_poison(self, request: RunRequest, count: int) -> list[Any]:
         error = DeadLetteredError(

@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '4'
+local LIB_VERSION = '5'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -697,26 +697,40 @@ end
 ---------------------------------------------------------------------------
 -- worker side
 
--- _INFERIS_COMPLETE stream reply out... | entry_id mode ttl payload blob...
--- Acknowledge first: if another worker already answered this entry, write
--- nothing, so a reclaimed request is answered exactly once.
+-- _INFERIS_COMPLETE stream (reply out...)... | count (entry_id mode ttl payload n_out blob...)...
+-- Completes a whole batch in one call. Each entry is acknowledged first: if
+-- another worker already answered it, nothing is written for it, so a
+-- reclaimed request is answered exactly once. Returns 1/0 per entry.
 local function complete(keys, args)
-  local stream, reply = keys[1], keys[2]
-  local entry_id, mode, ttl, payload = args[1], args[2], tonumber(args[3]), args[4]
-  if redis.call('XACK', stream, GROUP, entry_id) == 0 then return 0 end
-  for j = 3, #keys do
-    if ttl > 0 then redis.call('SET', keys[j], args[2 + j], 'PX', ttl)
-    else redis.call('SET', keys[j], args[2 + j]) end
+  local stream = keys[1]
+  local count = tonumber(args[1])
+  local k, a = 2, 2
+  local done, answered = {}, {}
+  for e = 1, count do
+    local reply = keys[k]
+    local entry_id, mode, ttl, payload = args[a], args[a + 1], tonumber(args[a + 2]), args[a + 3]
+    local n_out = tonumber(args[a + 4])
+    k, a = k + 1, a + 5
+    if redis.call('XACK', stream, GROUP, entry_id) == 1 then
+      for j = 0, n_out - 1 do
+        if ttl > 0 then redis.call('SET', keys[k + j], args[a + j], 'PX', ttl)
+        else redis.call('SET', keys[k + j], args[a + j]) end
+      end
+      if mode == 'stream' then
+        redis.call('XADD', reply, '*', 'd', payload)
+      else
+        redis.call('RPUSH', reply, payload)
+      end
+      redis.call('PEXPIRE', reply, ttl > 0 and ttl or DEFAULT_TTL_MS)
+      done[#done + 1] = entry_id
+      answered[e] = 1
+    else
+      answered[e] = 0
+    end
+    k, a = k + n_out, a + n_out
   end
-  local keep = ttl > 0 and ttl or DEFAULT_TTL_MS
-  if mode == 'stream' then
-    redis.call('XADD', reply, '*', 'd', payload)
-  else
-    redis.call('RPUSH', reply, payload)
-  end
-  redis.call('PEXPIRE', reply, keep)
-  redis.call('XDEL', stream, entry_id)
-  return 1
+  if #done > 0 then redis.call('XDEL', stream, unpack(done)) end
+  return answered
 end
 
 -- _INFERIS_DEADLETTER stream deadletter reply | entry_id mode payload field value...

@@ -136,18 +136,12 @@ def to_numpy(name: str, value: Any) -> np.ndarray:
     return tensor.numpy()
 
 
-def _flatten(result: Any) -> list[Any]:
-    if isinstance(result, (tuple, list)):
-        return [leaf for item in result for leaf in _flatten(item)]
-    return [result]
-
-
 @dataclass(frozen=True)
 class OutputLayout:
     """How a model's return value maps onto named outputs."""
 
     names: list[str]
-    by_key: bool  # a dict return: each name is a key; otherwise flattened in order
+    by_key: bool  # a dict return: each name is a key; otherwise its leaves in pytree order
 
     def collect(self, result: Any) -> dict[str, np.ndarray]:
         if self.by_key:
@@ -159,7 +153,7 @@ class OutputLayout:
                     f"the model's result has no key {missing[0]!r}; keys: {', '.join(result)}"
                 )
             return {n: to_numpy(n, result[n]) for n in self.names}
-        leaves = _flatten(result)
+        leaves = pytree.tree_leaves(result)
         if len(leaves) != len(self.names):
             raise ValueError(
                 f"the model returned {len(leaves)} value(s), expected {len(self.names)} "
