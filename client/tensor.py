@@ -16,6 +16,7 @@ The data starts 16-byte aligned so decoding is a zero-copy ``numpy.frombuffer``.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -81,8 +82,16 @@ def numpy_dtype(name: str) -> np.dtype:
     raise TensorError(f"unknown dtype {name!r}; known: {', '.join(dtype_names())}")
 
 
+# dtype -> wire name for the common cases: dtype.name is slow on a hot path.
+_WIRE_NAMES: dict[np.dtype, str] = {dt: name for name, dt in _NUMERIC.items()}
+_WIRE_NAMES.update({dt.newbyteorder(">"): name for name, dt in _NUMERIC.items()})
+
+
 def wire_dtype(dtype: np.dtype) -> str:
     """Map a numpy dtype to its wire name, or raise TensorError."""
+    known = _WIRE_NAMES.get(dtype)
+    if known is not None:
+        return known
     if dtype.kind in "USO":
         return STRING_DTYPE
     if dtype.name == "bfloat16":
@@ -116,6 +125,7 @@ def _element_count(shape: tuple[int, ...]) -> int:
     return count
 
 
+@functools.lru_cache(maxsize=4096)
 def encode_header(dtype_name: str, shape: tuple[int, ...]) -> bytes:
     """The prefix, msgpack header and padding that precede the data bytes."""
     header = msgpack.packb([dtype_name, list(shape)])
