@@ -20,6 +20,8 @@ from .errors import (
     InferisError,
     InputError,
     ModelNotFoundError,
+    NoAnswerError,
+    ReplicationError,
     TensorError,
     UnsafeModelError,
 )
@@ -40,7 +42,9 @@ __all__ = [
     "InputError",
     "ModelInfo",
     "ModelNotFoundError",
+    "NoAnswerError",
     "Ref",
+    "ReplicationError",
     "RunResult",
     "StoredVersion",
     "TensorError",

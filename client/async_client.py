@@ -18,8 +18,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import core
+from .connection import async_connection
 from .core import Command, Inputs, ModelInfo, RunResult, StoredVersion
-from .errors import DeadlineExceeded
+from .errors import NoAnswerError
 from .replies import ReplyRouter
 from .tensor import decode_tensor, encode_tensor
 
@@ -28,9 +29,6 @@ _MAX_PIPELINE = 512
 RECONNECT_WINDOW_S = 5.0
 
 
-def _single_connection(url: str) -> aioredis.Redis:
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=1)
-    return aioredis.Redis(connection_pool=pool)
 
 
 class AsyncClient:
@@ -43,16 +41,22 @@ class AsyncClient:
         partition: int = 0,
         timeout_ms: int = core.DEFAULT_TIMEOUT_MS,
         ttl_ms: int = core.DEFAULT_TTL_MS,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
         connection: aioredis.Redis | None = None,
     ) -> None:
         self.partition = partition
         self.timeout_ms = timeout_ms
         self.ttl_ms = ttl_ms
+        # Durability: with wait_replicas > 0 every write is acknowledged only after
+        # that many replicas have it (WAIT), so a failover cannot lose it.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._url = url
-        self._redis = connection or _single_connection(url)
+        self._redis = connection or async_connection(url)
         self._ids = core.RequestIds()
         self._router = ReplyRouter(self._ids.client_id, [partition])
-        self._queue: asyncio.Queue[tuple[list[Any], asyncio.Future[Any]]] | None = None
+        self._queue: asyncio.Queue[tuple[list[Any], bool, asyncio.Future[Any]]] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._reader_conn: aioredis.Redis | None = None
@@ -76,19 +80,22 @@ class AsyncClient:
 
     # ---------------------------------------------------------------- transport
 
-    async def _call(self, *args: Any) -> Any:
-        """Send one command through the shared pipeline; raise inferis errors."""
+    async def _call(self, *args: Any, durable: bool = False) -> Any:
+        """Send one command through the shared pipeline; raise inferis errors.
+
+        ``durable`` commands wait for ``wait_replicas`` replicas (one WAIT per pipeline).
+        """
         loop = asyncio.get_running_loop()
         if self._queue is None:
             self._queue = asyncio.Queue()
         if self._sender is None or self._sender.done():
             self._sender = loop.create_task(self._send_loop())
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put_nowait((list(args), future))
+        self._queue.put_nowait((list(args), durable, future))
         return await future
 
     async def _fcall(self, command: Command) -> Any:
-        return await self._call(*command.as_args())
+        return await self._call(*command.as_args(), durable=command.writes)
 
     async def _send_loop(self) -> None:
         assert self._queue is not None
@@ -96,21 +103,35 @@ class AsyncClient:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < _MAX_PIPELINE:
                 batch.append(self._queue.get_nowait())
-            batch = [(args, fut) for args, fut in batch if not fut.done()]
+            batch = [item for item in batch if not item[2].done()]
             if not batch:
                 continue
+            commands = [args for args, _, _ in batch]
+            durable = self.wait_replicas > 0 and any(d for _, d, _ in batch)
+            if durable:  # WAIT covers every write sent before it on this connection
+                commands.append(["WAIT", self.wait_replicas, self.wait_timeout_ms])
             try:
-                results = await self._send_with_retry([args for args, _ in batch])
+                results = await self._send_with_retry(commands)
             except Exception as exc:  # Redis stayed away: fail this batch only
-                for _, fut in batch:
+                for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            for (_, fut), res in zip(batch, results, strict=True):
+            shortfall = None
+            if durable:
+                acked = results.pop()
+                if isinstance(acked, Exception) or acked < self.wait_replicas:
+                    shortfall = core.replication_error(
+                        0 if isinstance(acked, Exception) else acked,
+                        self.wait_replicas, self.wait_timeout_ms,
+                    )
+            for (_, needs_replicas, fut), res in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if isinstance(res, Exception):
                     fut.set_exception(core.translate_error(res))
+                elif shortfall is not None and needs_replicas:
+                    fut.set_exception(shortfall)
                 else:
                     fut.set_result(res)
 
@@ -139,7 +160,7 @@ class AsyncClient:
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
             if self._reader_conn is None:
-                self._reader_conn = _single_connection(self._url)
+                self._reader_conn = async_connection(self._url)
             self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _read_loop(self) -> None:
@@ -178,7 +199,7 @@ class AsyncClient:
                     waiter, timeout_ms / 1000 + core.REPLY_GRACE_S
                 )
             except TimeoutError:
-                raise DeadlineExceeded(
+                raise NoAnswerError(
                     f"request {rid} got no answer within its {timeout_ms} ms deadline"
                 ) from None
         finally:

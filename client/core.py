@@ -19,7 +19,14 @@ import numpy as np
 from redis.exceptions import ResponseError
 
 from . import keys
-from .errors import ArgumentError, DigestError, InferisError, error_from_code, error_from_reply
+from .errors import (
+    ArgumentError,
+    DigestError,
+    InferisError,
+    ReplicationError,
+    error_from_code,
+    error_from_reply,
+)
 from .tensor import decode_tensor, encode_tensor
 
 DEFAULT_TIMEOUT_MS = 30_000
@@ -32,6 +39,14 @@ CHUNK_SIZE = 16 * 1024 * 1024
 REPLY_GRACE_S = 0.5
 
 Inputs = Mapping[str, Any] | Sequence[Any]
+READ_ONLY_FUNCTIONS = frozenset({"TENSORGET", "MODELGET", "INFERIS_VERSION"})
+
+
+def replication_error(acked: int, wanted: int, timeout_ms: int) -> ReplicationError:
+    return ReplicationError(
+        f"written on the primary but acknowledged by {acked} of {wanted} replica(s) within "
+        f"{timeout_ms} ms; it may be lost if the primary fails now"
+    )
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,10 @@ class Command:
 
     def as_args(self) -> list[Any]:
         return ["FCALL", self.function, len(self.keys), *self.keys, *self.args]
+
+    @property
+    def writes(self) -> bool:
+        return self.function not in READ_ONLY_FUNCTIONS
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,16 @@ class DeadlineExceeded(InferisError, TimeoutError):
     code = "EDEADLINE"
 
 
+class NoAnswerError(DeadlineExceeded):
+    """The deadline passed and nothing came back (raised by the client itself)."""
+
+
+class ReplicationError(InferisError):
+    """Applied on the primary but not acknowledged by enough replicas in time."""
+
+    code = "EREPLICA"
+
+
 class DeadLetteredError(InferisError):
     code = "EPOISON"
 
@@ -78,6 +88,7 @@ _BY_CODE: dict[str, type[InferisError]] = {
         DeadlineExceeded,
         DeadLetteredError,
         BusyError,
+        ReplicationError,
     )
 }
 

@@ -27,6 +27,9 @@ class ReplyRouter:
         self._last_ids = {s: "0-0" for s in self.streams.values()}
         self._waiters: dict[str, Resolver] = {}
         self._consumed: dict[str, list[str]] = {}
+        # Replies for no waiter: a second answer to a resent request, or one that
+        # came after its caller gave up. Counted so tests can see duplicates.
+        self.unmatched = 0
 
     def expect(self, rid: str, resolver: Resolver) -> None:
         self._waiters[rid] = resolver
@@ -70,5 +73,7 @@ class ReplyRouter:
                     continue
                 result = parse_run_reply(payload)
                 resolver = self._waiters.pop(result.rid, None)
-                if resolver is not None:
+                if resolver is None:
+                    self.unmatched += 1
+                else:
                     resolver(result)

@@ -19,8 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import core
+from .connection import sync_connection
 from .core import Command, Inputs, ModelInfo, RunResult, StoredVersion
-from .errors import DeadlineExceeded
+from .errors import NoAnswerError
 from .replies import ReplyRouter
 from .tensor import decode_tensor, encode_tensor
 
@@ -35,13 +36,19 @@ class Client:
         partition: int = 0,
         timeout_ms: int = core.DEFAULT_TIMEOUT_MS,
         ttl_ms: int = core.DEFAULT_TTL_MS,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
         connection: redis.Redis | None = None,
     ) -> None:
         self.partition = partition
         self.timeout_ms = timeout_ms
         self.ttl_ms = ttl_ms
+        # Durability: with wait_replicas > 0 every write is acknowledged only after
+        # that many replicas have it (WAIT), so a failover cannot lose it.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._url = url
-        self._redis = connection or redis.Redis.from_url(url)
+        self._redis = connection or sync_connection(url)
         self._ids = core.RequestIds()
         self._router = ReplyRouter(self._ids.client_id, [partition])
         self._reader: threading.Thread | None = None
@@ -64,9 +71,17 @@ class Client:
 
     def _fcall(self, command: Command) -> Any:
         try:
-            return self._redis.execute_command(*command.as_args())
+            if not (self.wait_replicas and command.writes):
+                return self._redis.execute_command(*command.as_args())
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.execute_command(*command.as_args())
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, acked = pipe.execute()
         except redis.ResponseError as exc:
             raise core.translate_error(exc) from None
+        if acked < self.wait_replicas:
+            raise core.replication_error(acked, self.wait_replicas, self.wait_timeout_ms)
+        return reply
 
     def _ensure_reader(self) -> None:
         with self._reader_lock:
@@ -77,7 +92,7 @@ class Client:
                 self._reader.start()
 
     def _read_loop(self) -> None:
-        conn = redis.Redis.from_url(self._url)
+        conn = sync_connection(self._url)
         backoff = 0.05
         try:
             while not self._closed.is_set():
@@ -120,7 +135,7 @@ class Client:
         try:
             result = future.result(timeout=timeout_ms / 1000 + core.REPLY_GRACE_S)
         except FutureTimeout:
-            raise DeadlineExceeded(
+            raise NoAnswerError(
                 f"request {rid} got no answer within its {timeout_ms} ms deadline"
             ) from None
         finally:

@@ -15,9 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from inferis.client import Client, InferisError
+from inferis.client.connection import sync_connection
 
 from .backends.base import BackendOptions
 from .backends.savedmodel import pack_saved_model
@@ -172,7 +171,7 @@ def running(
         redis_url = server.start()
     pool = WorkerPool(redis_url, workers, worker_args, metrics_base_port)
     try:
-        conn = redis.Redis.from_url(redis_url)
+        conn = sync_connection(redis_url)
         ensure_library(conn)
         conn.close()
         pool.start()
@@ -284,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
     if ns.command == "load-library":
-        loaded = ensure_library(redis.Redis.from_url(ns.redis))
+        loaded = ensure_library(sync_connection(ns.redis))
         print("library loaded" if loaded else "library already current")
         return 0
     handlers = {"up": cmd_up, "worker": cmd_worker, "demo": cmd_demo, "model": cmd_model}

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from inferis.client import keys
+from inferis.client.connection import sync_connection
 from inferis.client.errors import DeadLetteredError, InferisError
 
 from . import metrics
@@ -114,7 +115,7 @@ class Worker:
         log.info("worker %s stopped after serving %d requests", self.consumer, self.served)
 
     def _connect(self) -> None:
-        conn = redis.Redis.from_url(
+        conn = sync_connection(
             self.config.redis_url,
             socket_timeout=max(5.0, self.config.block_ms / 1000 + 5),
             socket_connect_timeout=2.0,
