@@ -26,7 +26,7 @@ from .tensor import decode_tensor, encode_tensor
 
 _MAX_PIPELINE = 512
 # How long a command keeps retrying while Redis restarts or fails over.
-RECONNECT_WINDOW_S = 5.0
+RECONNECT_WINDOW_S = 15.0
 
 
 

@@ -1,0 +1,89 @@
+"""A bounded closed-loop load generator that accounts for every request.
+
+Each request ends in exactly one bucket: answered correctly, answered wrongly,
+refused or failed with an error the caller saw, or lost (its enqueue was
+acknowledged and no answer ever came). Second answers to one request show up
+as the client's unmatched replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from redis.exceptions import RedisError
+
+from inferis.client import AsyncClient, InferisError, NoAnswerError
+
+Case = tuple[dict[str, Any], np.ndarray]  # inputs, expected "label" output
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    correct: int = 0
+    wrong: int = 0
+    lost: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def answered(self) -> int:
+        return self.correct + self.wrong + sum(self.errors.values())
+
+    def p99_ms(self) -> float:
+        if not self.latencies_s:
+            return 0.0
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+    def summary(self) -> str:
+        return (
+            f"sent={self.sent} correct={self.correct} wrong={self.wrong} lost={self.lost} "
+            f"errors={dict(self.errors)} duplicates={self.duplicates} p99={self.p99_ms():.1f}ms"
+        )
+
+
+async def drive(
+    client: AsyncClient,
+    model: str,
+    case: Callable[[int], Case],
+    *,
+    total: int,
+    concurrency: int,
+) -> Tally:
+    """Send ``total`` requests, ``concurrency`` at a time, and account for each."""
+    tally = Tally()
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            inputs, expected = case(i)
+            tally.sent += 1
+            started = time.perf_counter()
+            try:
+                out = await client.predict(model, inputs)
+            except NoAnswerError:
+                tally.lost += 1
+                continue
+            except InferisError as exc:
+                tally.errors[exc.code] += 1
+                continue
+            except (RedisError, OSError) as exc:  # Redis unreachable past the retry window
+                tally.errors[type(exc).__name__] += 1
+                continue
+            tally.latencies_s.append(time.perf_counter() - started)
+            if np.array_equal(out["label"], expected):
+                tally.correct += 1
+            else:
+                tally.wrong += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    tally.duplicates = client._router.unmatched
+    return tally

@@ -1,0 +1,99 @@
+"""Replicated topologies on loopback: a replica and three Sentinels, real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from inferis.engine.embedded import EmbeddedRedis, find_redis_server, free_port
+
+SERVICE = "inferis-primary"
+
+
+def replica_of(primary: EmbeddedRedis, data_dir: Path, **options: str) -> EmbeddedRedis:
+    config = {"replicaof": f"127.0.0.1 {primary.port}", **options}
+    return EmbeddedRedis(data_dir, appendfsync="always", extra_config=config)
+
+
+def wait_for_link(replica: EmbeddedRedis, timeout_s: float = 20.0) -> None:
+    conn = redis.Redis(port=replica.port)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if conn.info("replication").get("master_link_status") == "up":
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the replica never linked to its primary")
+
+
+class Sentinels:
+    """Three Sentinels watching one primary; quorum 2, fast failure detection."""
+
+    def __init__(self, data_dir: Path, primary_port: int, count: int = 3) -> None:
+        self.data_dir = data_dir
+        self.primary_port = primary_port
+        self.ports = [free_port() for _ in range(count)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return f"redis+sentinel://{hosts}/{SERVICE}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for port in self.ports:
+            conf = self.data_dir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.data_dir.resolve()}\n"
+                f"logfile {(self.data_dir / f'sentinel-{port}.log').resolve()}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                f"sentinel failover-timeout {SERVICE} 10000\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+            )
+            self.processes.append(
+                subprocess.Popen(
+                    [find_redis_server(), str(conf), "--sentinel"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in self.ports:
+            self._wait(lambda p=port: redis.Redis(port=p).ping())
+
+    def primary_port_now(self) -> int:
+        addr = redis.Redis(port=self.ports[0]).sentinel_get_master_addr_by_name(SERVICE)
+        return int(addr[1])
+
+    def wait_for_failover(self, old_port: int, timeout_s: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                port = self.primary_port_now()
+                if port != old_port and redis.Redis(port=port).info("replication")["role"] == (
+                    "master"
+                ):
+                    return port
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("Sentinel did not promote the replica")
+
+    @staticmethod
+    def _wait(check, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("a sentinel did not start")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
