@@ -57,13 +57,17 @@ async def drive(
     *,
     total: int,
     concurrency: int,
+    stop: asyncio.Event | None = None,
 ) -> Tally:
-    """Send ``total`` requests, ``concurrency`` at a time, and account for each."""
+    """Send up to ``total`` requests (fewer if ``stop`` is set), ``concurrency`` at a
+    time, and account for each."""
     tally = Tally()
     counter = iter(range(total))
 
     async def worker() -> None:
         for i in counter:
+            if stop is not None and stop.is_set():
+                return
             inputs, expected = case(i)
             tally.sent += 1
             started = time.perf_counter()
