@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from inferis.client import AsyncClient, Client, DeadLetteredError
+from inferis.client import AsyncClient, Client, DeadLetteredError, decode_tensor
 from inferis.client import keys as K
 from inferis.engine.embedded import EmbeddedRedis
 from inferis.engine.library import ensure_library
@@ -132,3 +132,36 @@ async def test_requests_enqueued_before_a_redis_crash_are_answered_after_it(
         for pool in pools:
             pool.stop()
         server.stop()
+
+
+async def test_a_resumed_worker_does_not_answer_twice(
+    redis_server, r: redis.Redis, start_workers
+) -> None:
+    """Worker A is frozen mid-run; B reclaims and answers; A wakes and finishes too.
+    The caller sees exactly one answer and the outputs are B's (identical) ones."""
+    async with AsyncClient(redis_server.url, timeout_ms=120_000) as client:
+        await client.modelstore("slow", "onnx", models.slow_model())
+        first = start_workers(1, "--claim-idle-ms", "1000")
+        x = np.random.default_rng(9).standard_normal((768, 768)).astype(np.float32)
+        task = asyncio.create_task(client.run("slow", [x]))
+        await asyncio.to_thread(_wait_until_delivered, r)
+        await asyncio.sleep(0.3)
+        frozen = first.processes[0]
+        frozen.send_signal(signal.SIGSTOP)
+        start_workers(1, "--claim-idle-ms", "1000")
+        result = (await task).raise_for_error()
+        assert np.array_equal(result.outputs["Y"], x)
+        calls_before = _fcalls(r)
+        frozen.send_signal(signal.SIGCONT)  # A finishes its run and tries to answer
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _fcalls(r) == calls_before:
+            await asyncio.sleep(0.1)
+        assert _fcalls(r) > calls_before  # A did call _INFERIS_COMPLETE ...
+        await asyncio.sleep(0.5)
+        assert client._router.unmatched == 0  # ... which wrote no second reply
+        assert np.array_equal(decode_tensor(r.get(result.output_keys["Y"])), x)
+        assert r.xpending(STREAM, K.GROUP)["pending"] == 0
+
+
+def _fcalls(r: redis.Redis) -> int:
+    return int(r.info("commandstats")["cmdstat_fcall"]["calls"])
