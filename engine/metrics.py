@@ -9,6 +9,7 @@ seconds, so reading stats never costs the hot path a round trip.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -110,18 +111,21 @@ class ModelStats:
         self.interval_s = interval_s
         self._pending: dict[str, _Counts] = defaultdict(_Counts)
         self._next_flush = time.monotonic() + interval_s
+        self._lock = threading.Lock()  # recorded by the inference thread, flushed by I/O
 
     def record(self, model: str, ok: bool, run_us: int, queue_us: int) -> None:
-        counts = self._pending[model]
-        counts.requests += 1
-        counts.errors += 0 if ok else 1
-        counts.run_us += run_us
-        counts.queue_us += queue_us
+        with self._lock:
+            counts = self._pending[model]
+            counts.requests += 1
+            counts.errors += 0 if ok else 1
+            counts.run_us += run_us
+            counts.queue_us += queue_us
 
     def flush_due(self, conn: redis.Redis, force: bool = False) -> None:
         if not self._pending or (not force and time.monotonic() < self._next_flush):
             return
-        pending, self._pending = self._pending, defaultdict(_Counts)
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(_Counts)
         now_ms = int(time.time() * 1000)
         pipe = conn.pipeline(transaction=False)
         for model, counts in pending.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class ModelCache:
         self._loaded: OrderedDict[_LoadKey, LoadedModel] = OrderedDict()
         self._failed: dict[_LoadKey, tuple[InferisError, float]] = {}
         self._load_keys: dict[tuple[str, int, str], _LoadKey] = {}
+        # The I/O loop and the inference thread (pipelines) both use the cache.
+        self._lock = threading.RLock()
         self.loads = 0
 
     def rebind(self, conn: redis.Redis) -> None:
@@ -76,6 +79,10 @@ class ModelCache:
         self.invalidate()
 
     def invalidate(self, name: str | None = None) -> None:
+        with self._lock:
+            return self._invalidate_unlocked(name)
+
+    def _invalidate_unlocked(self, name: str | None = None) -> None:
         """Forget resolutions of ``name`` (or all): a version was stored or deleted."""
         if name is None:
             self._resolved.clear()
@@ -84,6 +91,10 @@ class ModelCache:
             del self._resolved[key]
 
     def resolve(self, name: str, version: str) -> ModelInfo:
+        with self._lock:
+            return self._resolve_unlocked(name, version)
+
+    def _resolve_unlocked(self, name: str, version: str) -> ModelInfo:
         if not keys.is_model_name(name):
             raise ModelNotFoundError(f"{name!r} is not a valid model name")
         now = time.monotonic()
@@ -105,6 +116,10 @@ class ModelCache:
         return info
 
     def load(self, info: ModelInfo) -> LoadedModel:
+        with self._lock:
+            return self._load_unlocked(info)
+
+    def _load_unlocked(self, info: ModelInfo) -> LoadedModel:
         # A numbered version's metadata never changes: its load key is computed once.
         ident = (info.name, info.version, info.digest)
         key = self._load_keys.get(ident)

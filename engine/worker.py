@@ -27,6 +27,7 @@ from inferis.client.errors import DeadLetteredError, InferisError
 from . import metrics
 from .backends.base import BackendOptions
 from .executor import Executor, Outcome
+from .inference import InferenceThread, Job
 from .library import ensure_library
 from .models import ModelCache
 from .replies import complete_command, deadletter_command
@@ -49,6 +50,7 @@ class WorkerConfig:
     max_deliveries: int = 3
     max_models: int = 32
     metrics_port: int = 0  # 0: no /metrics endpoint
+    inference_thread: bool = True  # run models on a thread while the I/O loop reads
     backend: BackendOptions = field(default_factory=BackendOptions)
 
 
@@ -69,6 +71,7 @@ class Worker:
         self._clock_offset_ms = 0.0
         self._next_reclaim = 0.0
         self._stats = metrics.ModelStats()
+        self._inference: InferenceThread | None = None
         self.served = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -83,6 +86,12 @@ class Worker:
         if self.config.metrics_port:
             metrics.serve(self.config.metrics_port)
         log.info("worker %s serving %s", self.consumer, ", ".join(self.streams))
+        if self.config.inference_thread:
+            self._inference = InferenceThread(
+                lambda prepared: self._require_executor().run(prepared),
+                self._finish,
+                self._connection,
+            )
         backoff = 0.1
         while not self._stopping:
             try:
@@ -110,17 +119,27 @@ class Worker:
                 self._disconnect()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+        if self._inference is not None:
+            self._inference.stop()  # answers everything it was handed
+            self._inference = None
         self._flush_stats_before_exit()
         self._disconnect()
         log.info("worker %s stopped after serving %d requests", self.consumer, self.served)
 
-    def _connect(self) -> None:
-        conn = sync_connection(
+    def _connection(self) -> redis.Redis:
+        return sync_connection(
             self.config.redis_url,
             socket_timeout=max(5.0, self.config.block_ms / 1000 + 5),
             socket_connect_timeout=2.0,
             socket_keepalive=True,
         )
+
+    def _require_executor(self) -> Executor:
+        assert self._executor is not None
+        return self._executor
+
+    def _connect(self) -> None:
+        conn = self._connection()
         ensure_library(conn)
         self._ensure_groups(conn)
         sec, usec = conn.time()
@@ -222,24 +241,34 @@ class Worker:
             outcomes += extra_outcomes
             prepared += extra_prepared
             entries = entries + more
-        self._executor.run(prepared)
-        if outcomes:
+        job = Job(outcomes, prepared, now, commands)
+        if self._inference is not None:
+            self._inference.submit(job)
+        else:
+            self._executor.run(prepared)
+            self._finish(job, self._redis)
+        metrics.BATCH_SIZE.observe(len(entries))
+        self.served += len(entries)
+        return len(entries)
+
+    def _finish(self, job: Job, conn: redis.Redis) -> None:
+        """Write a batch's answers (and dead letters) in one round trip; record it."""
+        commands = list(job.commands)
+        if job.outcomes:
             commands.append(
                 complete_command(
-                    [(o, max(0, now - o.request.enqueued_ms) * 1000) for o in outcomes]
+                    [(o, max(0, job.started_ms - o.request.enqueued_ms) * 1000)
+                     for o in job.outcomes]
                 )
             )
         if commands:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = conn.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
             for result in pipe.execute(raise_on_error=False):
                 if isinstance(result, Exception):
                     log.error("completing a request failed: %s", result)
-        self._record(outcomes, now)
-        metrics.BATCH_SIZE.observe(len(entries))
-        self.served += len(entries)
-        return len(entries)
+        self._record(job.outcomes, job.started_ms)
 
     def _admit(
         self,
