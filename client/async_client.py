@@ -216,8 +216,11 @@ class AsyncClient:
         *,
         version: int | str | None = None,
         timeout_ms: int | None = None,
+        keep_keys: bool = False,
     ) -> RunResult:
-        """Run ``model`` on inline inputs; the result carries outputs or an error."""
+        """Run ``model`` on inline inputs; the result carries outputs or an error.
+
+        ``keep_keys``: also keep the inputs and outputs as keys (for the TTL)."""
         rid = self._ids.next()
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         command = core.build_predict(
@@ -229,6 +232,7 @@ class AsyncClient:
             version=version,
             timeout_ms=timeout,
             ttl_ms=self.ttl_ms,
+            keep_keys=keep_keys,
         )
         return await self._run(command, rid, timeout)
 

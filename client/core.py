@@ -175,9 +175,11 @@ def build_predict(
     version: int | str | None,
     timeout_ms: int,
     ttl_ms: int,
+    keep_keys: bool = False,
 ) -> Command:
     """MODELRUN with inline inputs (or :class:`Ref` to stored tensors); the model
-    decides the outputs."""
+    decides the outputs. Unless ``keep_keys``, small tensors travel only in the
+    stream entry and the reply (EPHEMERAL): a prediction leaves nothing behind."""
     pairs = normalise_inputs(inputs)
     in_keys = [
         value.key if isinstance(value, Ref) else keys.request_key(partition, rid, f"in:{i}")
@@ -191,6 +193,8 @@ def build_predict(
             continue  # the worker reads the stored tensor (colocated: same hash tag)
         args += ["DATA", i, value if isinstance(value, bytes) else encode_tensor(value)]
     args += _run_options(rid, reply_key, version, timeout_ms, ttl_ms)
+    if not keep_keys:
+        args.append("EPHEMERAL")
     return Command("MODELRUN", [keys.request_stream(partition), *in_keys], args)
 
 

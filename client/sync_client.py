@@ -152,6 +152,7 @@ class Client:
         *,
         version: int | str | None = None,
         timeout_ms: int | None = None,
+        keep_keys: bool = False,
     ) -> Future[RunResult]:
         """Enqueue a run and return at once; pass the future to :meth:`wait`."""
         rid = self._ids.next()
@@ -165,6 +166,7 @@ class Client:
             version=version,
             timeout_ms=timeout,
             ttl_ms=self.ttl_ms,
+            keep_keys=keep_keys,
         )
         return self._submit(command, rid, timeout)
 
@@ -175,8 +177,12 @@ class Client:
         *,
         version: int | str | None = None,
         timeout_ms: int | None = None,
+        keep_keys: bool = False,
     ) -> RunResult:
-        return self.wait(self.submit(model, inputs, version=version, timeout_ms=timeout_ms))
+        """Run and wait. ``keep_keys``: also keep inputs and outputs as keys (for the TTL)."""
+        return self.wait(
+            self.submit(model, inputs, version=version, timeout_ms=timeout_ms, keep_keys=keep_keys)
+        )
 
     def predict(
         self,

@@ -62,13 +62,17 @@ def complete_command(outcomes: list[tuple[Outcome, int]]) -> list[Any]:
     args: list[Any] = [len(outcomes)]
     for outcome, queue_us in outcomes:
         request = outcome.request
+        writes = [
+            (key, blob) for _, key, blob in outcome.outputs
+            if not (request.ephemeral and len(blob) <= INLINE_OUTPUT_LIMIT)
+        ]  # an ephemeral request's small outputs ride in the reply only
         call_keys.append(request.reply_key)
-        call_keys += [key for _, key, _ in outcome.outputs]
+        call_keys += [key for key, _ in writes]
         args += [
             request.entry_id, request.reply_mode, request.ttl_ms,
-            payload(outcome, queue_us), len(outcome.outputs),
+            payload(outcome, queue_us), len(writes),
         ]
-        args += [blob for _, _, blob in outcome.outputs]
+        args += [blob for _, blob in writes]
     return ["FCALL", "_INFERIS_COMPLETE", len(call_keys), *call_keys, *args]
 
 

@@ -38,6 +38,8 @@ class RunRequest:
     reply_mode: str
     inputs: list[InputRef]
     outputs: list[OutputRef]
+    # Small tensors live only in the entry and the reply, never as keys.
+    ephemeral: bool = False
 
     @property
     def output_prefix(self) -> str:
@@ -95,4 +97,5 @@ def parse_entry(stream: str, entry_id: str, fields: dict[bytes, bytes]) -> RunRe
         reply_mode=reply_mode,
         inputs=inputs,
         outputs=outputs,
+        ephemeral=fields.get(b"eph") == b"1",
     )

@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '5'
+local LIB_VERSION = '6'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -569,7 +569,7 @@ end
 ---------------------------------------------------------------------------
 -- MODELRUN stream inkey... outkey... MODEL name [VERSION v] INPUTS n [OUTPUTS m]
 --   [INNAMES name...] [OUTNAMES name...] [DATA i encoded]... [TIMEOUT ms] [TTL ms]
---   [REPLYTO stream] [ID rid]
+--   [REPLYTO stream] [ID rid] [EPHEMERAL]
 -- Returns {rid, entry id, reply key, output key or output key prefix...}.
 
 local function modelrun(keys, args)
@@ -601,6 +601,7 @@ local function modelrun(keys, args)
     elseif u == 'TTL' then r.ttl = to_int(args[i + 1], 'TTL', 0); i = i + 2
     elseif u == 'REPLYTO' then r.reply = args[i + 1] or ''; i = i + 2
     elseif u == 'ID' then r.rid = args[i + 1]; i = i + 2
+    elseif u == 'EPHEMERAL' then r.ephemeral = true; i = i + 1
     else fail('EARGS', 'MODELRUN option ' .. tostring(args[i]) .. ' is unknown') end
   end
   check_name(r.model)
@@ -663,6 +664,7 @@ local function modelrun(keys, args)
   local fields = {'model', r.model, 'ver', r.version, 'dl', now + r.timeout, 'ttl', r.ttl,
                   'reply', r.reply, 't0', now, 'ni', r.n_in, 'no', r.n_out}
   if r.rid then fields[#fields + 1] = 'rid'; fields[#fields + 1] = r.rid end
+  if r.ephemeral then fields[#fields + 1] = 'eph'; fields[#fields + 1] = '1' end
   for j = 1, r.n_in do
     local n = #fields
     fields[n + 1] = 'ik' .. j; fields[n + 2] = keys[1 + j]
@@ -676,7 +678,8 @@ local function modelrun(keys, args)
   end
 
   for j = 1, r.n_in do
-    if r.data[j] then
+    -- EPHEMERAL: an input that travels inside the entry is not also kept as a key.
+    if r.data[j] and not (r.ephemeral and inline[j]) then
       if r.ttl > 0 then redis.call('SET', keys[1 + j], r.data[j], 'PX', r.ttl)
       else redis.call('SET', keys[1 + j], r.data[j]) end
     end

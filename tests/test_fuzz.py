@@ -24,6 +24,7 @@ FUNCTIONS = ["TENSORSET", "TENSORGET", "MODELCHUNK", "MODELSTORE", "MODELGET", "
 WORDS = ["RAW", "BLOB", "VALUES", "META", "FLOAT", "int64", "str", "bool", "MODEL", "VERSION",
          "INPUTS", "OUTPUTS", "INNAMES", "OUTNAMES", "DATA", "TIMEOUT", "TTL", "REPLYTO", "ID",
          "BACKEND", "DIGEST", "CHUNKS", "INDEX", "INPUT", "OUTPUT", "BATCH", "PREFERRED", "TAG",
+         "EPHEMERAL",
          "-1", "0", "1", "2", "99999999999", "1e308", "-0", "nan", "", "ab" * 32, "{inferis:0}:x"]
 ARG = st.one_of(
     st.sampled_from(WORDS),
@@ -142,7 +143,7 @@ def test_back_pressure_refuses_at_once(client: Client, r: redis.Redis) -> None:
 def test_request_keys_expire(client: Client, workers, r: redis.Redis) -> None:
     short = Client(client._url, ttl_ms=300)
     short.modelstore("s", "onnx", models.scale_model(2.0))
-    result = short.run("s", [np.ones((1, 3), np.float32)]).raise_for_error()
+    result = short.run("s", [np.ones((1, 3), np.float32)], keep_keys=True).raise_for_error()
     key = result.output_keys["Y"]
     assert 0 < r.pttl(key) <= 300
     inputs = r.keys(f"{K.partition_tag(0)}:r:{result.rid}:in:*")

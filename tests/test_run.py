@@ -46,7 +46,7 @@ def test_outputs_are_written_next_to_the_inputs(client: Client, workers, r: redi
     client.modelstore("two", "onnx", models.two_input_model())
     a = np.arange(6, dtype=np.float64).reshape(2, 3)
     b = np.full((2, 3), 0.5)
-    result = client.run("two", {"B": b, "A": a}).raise_for_error()
+    result = client.run("two", {"B": b, "A": a}, keep_keys=True).raise_for_error()
     assert np.array_equal(result.outputs["S"], a + b)
     assert np.array_equal(result.outputs["P"], a * b)
     for name, key in result.output_keys.items():
@@ -56,6 +56,19 @@ def test_outputs_are_written_next_to_the_inputs(client: Client, workers, r: redi
         assert 0 < r.pttl(key) <= client.ttl_ms
     assert r.xlen(K.request_stream(0)) == 0  # answered entries leave the stream
     assert r.xpending(K.request_stream(0), K.GROUP)["pending"] == 0
+
+
+def test_a_prediction_leaves_no_keys_behind(client: Client, workers, r: redis.Redis) -> None:
+    client.modelstore("two", "onnx", models.two_input_model())
+    before = set(r.keys("{inferis:0}:r:*"))
+    big = np.ones((300, 200))  # above the inline limits: kept as keys, for the TTL only
+    small = client.run("two", {"A": np.ones((2, 2)), "B": np.ones((2, 2))}).raise_for_error()
+    assert np.array_equal(small.outputs["S"], np.full((2, 2), 2.0))
+    assert set(r.keys("{inferis:0}:r:*")) == before  # nothing written for a small run
+    large = client.run("two", {"A": big, "B": big}).raise_for_error()
+    assert np.array_equal(large.outputs["P"], big)
+    left = set(r.keys("{inferis:0}:r:*")) - before
+    assert left and all(0 < r.pttl(k) <= client.ttl_ms for k in left)
 
 
 def test_modelexecute_on_stored_keys_including_a_large_reference(
