@@ -31,6 +31,8 @@ class Tally:
     lost: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    # (monotonic start, latency) of every answered request, to split by fault windows
+    samples: list[tuple[float, float]] = field(default_factory=list)
     duplicates: int = 0
 
     @property
@@ -38,16 +40,30 @@ class Tally:
         return self.correct + self.wrong + sum(self.errors.values())
 
     def p99_ms(self) -> float:
-        if not self.latencies_s:
-            return 0.0
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+        return _p99_ms(self.latencies_s)
+
+    def p99_split_ms(
+        self, windows: list[tuple[float, float]], recovery_s: float = 2.0
+    ) -> tuple[float, float]:
+        """p99 of requests in flight during a fault (or its recovery) and of the rest."""
+        inside, outside = [], []
+        for started, latency in self.samples:
+            hit = any(started <= b + recovery_s and started + latency >= a for a, b in windows)
+            (inside if hit else outside).append(latency)
+        return _p99_ms(inside), _p99_ms(outside)
 
     def summary(self) -> str:
         return (
             f"sent={self.sent} correct={self.correct} wrong={self.wrong} lost={self.lost} "
             f"errors={dict(self.errors)} duplicates={self.duplicates} p99={self.p99_ms():.1f}ms"
         )
+
+
+def _p99_ms(latencies: list[float]) -> float:
+    if not latencies:
+        return 0.0
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
 async def drive(
@@ -82,7 +98,9 @@ async def drive(
             except (RedisError, OSError) as exc:  # Redis unreachable past the retry window
                 tally.errors[type(exc).__name__] += 1
                 continue
-            tally.latencies_s.append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            tally.latencies_s.append(latency)
+            tally.samples.append((time.monotonic() - latency, latency))
             if np.array_equal(out["label"], expected):
                 tally.correct += 1
             else:
