@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks run [options]`` and ``python -m benchmarks memory``."""
+"""Command line: ``python -m benchmarks run|memory|chaos [options]``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
                      help="predict calls for the Redis command count (0: skip)")
     run.add_argument("--tag", help="results file name (default: quick or full)")
 
+    chaos = sub.add_parser("chaos", help="faults under load; every request accounted for")
+    chaos.add_argument("--faults", type=int, default=20,
+                       help="worker faults; half as many Redis crashes per fsync mode")
+    chaos.add_argument("--failover-requests", type=int, default=5000)
+    chaos.add_argument("--tag", default="chaos")
+
     mem = sub.add_parser("memory", help="worker RSS and Redis memory under 256 in flight")
     mem.add_argument("--seconds", type=float, default=300.0)
     mem.add_argument("--concurrency", type=int, default=256)
@@ -141,6 +147,10 @@ def cmd_memory(ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    if ns.command == "chaos":
+        from . import chaos  # imports the test scenarios only when asked
+
+        return chaos.main(ns.faults, ns.failover_requests, ns.tag)
     return cmd_run(ns) if ns.command == "run" else cmd_memory(ns)
 
 
