@@ -22,6 +22,23 @@ from .errors import ArgumentError
 
 SENTINEL_SCHEME = "redis+sentinel"
 
+try:  # hiredis packs commands in C; redis-py's asyncio connection packs in Python
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency, but stay usable
+    _hiredis_pack = None
+
+
+class _HiredisPackingConnection(aioredis.Connection):
+    """redis-py's asyncio connection, packing commands with hiredis (as its sync one does)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if _hiredis_pack is None:
+            return super().pack_command(*args)
+        # redis-py may pass one multi-word command name ("CLIENT SETNAME"); split it
+        if isinstance(args[0], str) and " " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [_hiredis_pack(args)]
+
 
 @dataclass(frozen=True)
 class SentinelTarget:
@@ -71,6 +88,8 @@ def async_connection(url: str, **options: Any) -> aioredis.Redis:
     Callers serialise their commands, so one connection is all they use.
     """
     if not is_sentinel_url(url):
+        if urlsplit(url).scheme == "redis":  # plain TCP; TLS and unix keep their classes
+            options.setdefault("connection_class", _HiredisPackingConnection)
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=1, **options)
         return aioredis.Redis(connection_pool=pool)
     target = parse_sentinel_url(url)
