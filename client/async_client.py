@@ -243,9 +243,12 @@ class AsyncClient:
         *,
         version: int | str | None = None,
         timeout_ms: int | None = None,
+        keep_keys: bool = False,
     ) -> dict[str, np.ndarray]:
         """One call: inputs in, output arrays by name out; errors raise."""
-        result = await self.run(model, inputs, version=version, timeout_ms=timeout_ms)
+        result = await self.run(
+            model, inputs, version=version, timeout_ms=timeout_ms, keep_keys=keep_keys
+        )
         return result.raise_for_error().outputs
 
     async def modelexecute(

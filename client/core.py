@@ -253,7 +253,8 @@ def parse_run_reply(payload: bytes) -> RunResult:
         result.error = error_from_code(msg.get("code", "EINFERIS"), msg.get("error", ""))
         return result
     for name, key, inline in msg.get("outputs", []):
-        result.output_keys[name] = key
+        if key is not None:  # None: an ephemeral output that was not kept as a key
+            result.output_keys[name] = key
         if inline is None:
             result.missing.append(name)
         else:

@@ -191,9 +191,12 @@ class Client:
         *,
         version: int | str | None = None,
         timeout_ms: int | None = None,
+        keep_keys: bool = False,
     ) -> dict[str, np.ndarray]:
         """One call: inputs in, output arrays by name out; errors raise."""
-        result = self.run(model, inputs, version=version, timeout_ms=timeout_ms)
+        result = self.run(
+            model, inputs, version=version, timeout_ms=timeout_ms, keep_keys=keep_keys
+        )
         return result.raise_for_error().outputs
 
     def modelexecute(

@@ -44,6 +44,8 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="allow model formats that run code on load (pickle)")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option, e.g. skops_trusted=pkg.Class,pkg.func (repeatable)")
+    p.add_argument("--metrics-addr", default="127.0.0.1",
+                   help="address the /metrics endpoint listens on")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics on this port (0: off); with up/demo, "
                         "worker i uses port + i")
@@ -63,6 +65,7 @@ def _worker_args(ns: argparse.Namespace) -> list[str]:
         args.append("--trust-unsafe-formats")
     for option in ns.backend_option:
         args += ["--backend-option", option]
+    args += ["--metrics-addr", ns.metrics_addr]
     return args
 
 
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="declare an input, e.g. X:float32:-1,4 (repeat in order)")
     store.add_argument("--output", action="append", default=[], metavar="NAME:DTYPE:SHAPE")
     store.add_argument("--meta", default="", help="extra metadata as a JSON object")
+    store.add_argument("--batch", default="", metavar="MAX,DELAY_US[,PREFERRED...]",
+                       help="dynamic batching, e.g. 64,500 or 64,500,16,32")
     store.add_argument("--no-inspect", action="store_true",
                        help="do not load the model here to record its signature")
     msub.add_parser("list", parents=[common], help="list model names")
@@ -203,6 +208,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         max_deliveries=ns.max_deliveries,
         max_models=ns.max_models,
         metrics_port=ns.metrics_port,
+        metrics_addr=ns.metrics_addr,
         backend=BackendOptions(
             device=ns.device,
             intra_op_threads=ns.intra_op_threads,
@@ -226,6 +232,16 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(text: str) -> tuple[int, int] | tuple[int, int, list[int]] | None:
+    if not text:
+        return None
+    try:
+        size, delay, *preferred = (int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--batch takes MAX,DELAY_US[,PREFERRED...], got {text!r}") from None
+    return (size, delay, preferred) if preferred else (size, delay)
+
+
 def _spec(text: str) -> dict[str, Any]:
     """``X:float32:-1,4`` -> a declared tensor spec (an empty shape is a scalar)."""
     try:
@@ -239,16 +255,23 @@ def _spec(text: str) -> dict[str, Any]:
 def cmd_model(ns: argparse.Namespace) -> int:
     with Client(ns.redis) as client:
         if ns.model_command == "store":
+            bad_tags = [t for t in ns.tag if "=" not in t]
+            if bad_tags:
+                raise SystemExit(f"--tag takes KEY=VALUE, got {bad_tags[0]!r}")
             options: dict[str, Any] = {
                 "format": ns.format,
                 "device": ns.device,
                 "tags": dict(t.split("=", 1) for t in ns.tag),
+                "batch": _batch(ns.batch),
                 "inputs": [_spec(text) for text in ns.input],
                 "outputs": [_spec(text) for text in ns.output],
                 "extra": json.loads(ns.meta) if ns.meta else None,
             }
             # A directory is a TensorFlow SavedModel: packed into one deterministic tar.
-            blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
+            try:
+                blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"error: cannot read {ns.file}: {exc}") from None
             if ns.no_inspect:
                 stored = client.modelstore(ns.name, ns.backend, blob, **options)
             else:
@@ -268,7 +291,8 @@ def cmd_model(ns: argparse.Namespace) -> int:
             for name in ns.names or client.modellist():
                 s = client.modelstats(name)
                 n = max(1, s.get("requests", 0))
-                run_ms, wait_ms = s.get("run_us", 0) / n / 1000, s.get("queue_us", 0) / n / 1000
+                ok = max(1, s.get("requests", 0) - s.get("errors", 0))  # only runs have run time
+                run_ms, wait_ms = s.get("run_us", 0) / ok / 1000, s.get("queue_us", 0) / n / 1000
                 print(
                     f"{name:24} {s.get('requests', 0):>10} {s.get('errors', 0):>8} "
                     f"{run_ms:>8.3f}ms {wait_ms:>8.3f}ms"

@@ -69,14 +69,16 @@ class Executor:
 
     def batch_delay_us(self, prepared: list[Prepared]) -> int:
         """How long it is worth waiting for more requests to fill a batch (0: run now)."""
-        counts: dict[str, int] = {}
-        delay = 0
+        rows: dict[str, int] = {}
+        limits: dict[str, tuple[int, int]] = {}
         for p in prepared:
             max_batch, max_delay, _ = batching_limits(p.info)
-            counts[p.info.digest] = counts.get(p.info.digest, 0) + (p.rows or max_batch)
-            if max_delay and counts[p.info.digest] < max_batch:
-                delay = max(delay, max_delay)
-        return delay
+            rows[p.info.digest] = rows.get(p.info.digest, 0) + (p.rows or max_batch)
+            limits[p.info.digest] = (max_batch, max_delay)
+        # wait only for a model whose batch is not full yet
+        return max(
+            (delay for d, (size, delay) in limits.items() if delay and rows[d] < size), default=0
+        )
 
     def run(self, prepared: list[Prepared]) -> None:
         for batch in plan(prepared):

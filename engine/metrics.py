@@ -91,9 +91,9 @@ def series(model: str, version: str) -> Series:
     return found
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (all interfaces' loopback is the operator's choice)."""
-    start_http_server(port)
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose /metrics on ``addr:port`` (loopback unless the operator opens it up)."""
+    start_http_server(port, addr=addr)
 
 
 @dataclass

@@ -142,8 +142,10 @@ class ModelCache:
         self.loads += 1
         metrics.MODEL_LOADS.labels(info.name, str(info.version), info.backend).inc()
         while len(self._loaded) > self._max_models:
-            _, evicted = self._loaded.popitem(last=False)
-            evicted.close()
+            # Dropped, not closed: requests already prepared may still run it; the
+            # model is released when the last of them lets go (backends that hold
+            # files clean up on collection).
+            self._loaded.popitem(last=False)
         return model
 
     def _resolve_and_load(self, name: str, version: str) -> tuple[ModelInfo, LoadedModel]:

@@ -19,6 +19,15 @@ from .requests import REPLY_STREAM, RunRequest
 INLINE_OUTPUT_LIMIT = 256 * 1024
 
 
+def kept_keys(outcome: Outcome) -> set[str]:
+    """Output keys to write. An EPHEMERAL request's small auto-named outputs ride in
+    its reply only; outputs the caller named, or that a done list points to, are kept."""
+    request = outcome.request
+    if not request.ephemeral or request.outputs or request.reply_mode != REPLY_STREAM:
+        return {key for _, key, _ in outcome.outputs}
+    return {key for _, key, blob in outcome.outputs if len(blob) > INLINE_OUTPUT_LIMIT}
+
+
 def payload(outcome: Outcome, queue_us: int) -> bytes:
     request = outcome.request
     ok = outcome.error is None
@@ -33,8 +42,10 @@ def payload(outcome: Outcome, queue_us: int) -> bytes:
             },
         }
         if ok:
+            kept = kept_keys(outcome)
             msg["outputs"] = [
-                [name, key, blob if len(blob) <= INLINE_OUTPUT_LIMIT else None]
+                [name, key if key in kept else None,
+                 blob if len(blob) <= INLINE_OUTPUT_LIMIT else None]
                 for name, key, blob in outcome.outputs
             ]
         else:
@@ -62,10 +73,8 @@ def complete_command(outcomes: list[tuple[Outcome, int]]) -> list[Any]:
     args: list[Any] = [len(outcomes)]
     for outcome, queue_us in outcomes:
         request = outcome.request
-        writes = [
-            (key, blob) for _, key, blob in outcome.outputs
-            if not (request.ephemeral and len(blob) <= INLINE_OUTPUT_LIMIT)
-        ]  # an ephemeral request's small outputs ride in the reply only
+        kept = kept_keys(outcome)
+        writes = [(key, blob) for _, key, blob in outcome.outputs if key in kept]
         call_keys.append(request.reply_key)
         call_keys += [key for key, _ in writes]
         args += [

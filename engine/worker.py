@@ -50,6 +50,7 @@ class WorkerConfig:
     max_deliveries: int = 3
     max_models: int = 32
     metrics_port: int = 0  # 0: no /metrics endpoint
+    metrics_addr: str = "127.0.0.1"
     inference_thread: bool = True  # run models on a thread while the I/O loop reads
     backend: BackendOptions = field(default_factory=BackendOptions)
 
@@ -84,7 +85,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         if self.config.metrics_port:
-            metrics.serve(self.config.metrics_port)
+            metrics.serve(self.config.metrics_port, self.config.metrics_addr)
         log.info("worker %s serving %s", self.consumer, ", ".join(self.streams))
         if self.config.inference_thread:
             self._inference = InferenceThread(

@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '6'
+local LIB_VERSION = '7'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -452,7 +452,7 @@ local function modelstore(keys, args)
     end
   end
   if not m.backend or m.backend == '' then fail('EARGS', 'MODELSTORE needs BACKEND') end
-  if not string.match(m.backend, '^[%w_]+$') then fail('EARGS', 'BACKEND ' .. m.backend .. ' is not a name') end
+  if not string.match(m.backend, '^[%w_%-]+$') then fail('EARGS', 'BACKEND ' .. m.backend .. ' is not a name') end
   if not is_digest(digest) then
     fail('EARGS', 'DIGEST must be the SHA-256 of the blob as 64 lowercase hex characters')
   end
@@ -561,7 +561,11 @@ local function modeldel(keys, args)
     deleted = #versions
   end
   local newest = redis.call('ZRANGE', base .. ':versions', -1, -1)
-  if #newest == 0 then redis.call('DEL', base .. ':latest') else redis.call('SET', base .. ':latest', newest[1]) end
+  if #newest == 0 then
+    redis.call('DEL', base .. ':latest', base .. ':stats')
+  else
+    redis.call('SET', base .. ':latest', newest[1])
+  end
   redis.call('PUBLISH', MODELS_CHANNEL, name)
   return deleted
 end
@@ -620,6 +624,12 @@ local function modelrun(keys, args)
     fail('EARGS', stream .. ' holds a ' .. stream_type .. ', not a request stream')
   end
   local base = request_base(stream)
+  if r.reply ~= '' then
+    local reply_type = redis.call('TYPE', r.reply)['ok']
+    if reply_type ~= 'none' and reply_type ~= 'stream' then
+      fail('EARGS', 'REPLYTO ' .. r.reply .. ' holds a ' .. reply_type .. ', not a stream')
+    end
+  end
   if r.reply ~= '' and request_base(r.reply) ~= base then
     fail('EARGS', 'REPLYTO ' .. r.reply .. ' must share the hash tag of ' .. stream)
   end
@@ -715,13 +725,18 @@ local function complete(keys, args)
     local n_out = tonumber(args[a + 4])
     k, a = k + 1, a + 5
     if redis.call('XACK', stream, GROUP, entry_id) == 1 then
+      -- Nothing here may abort the batch: a key of the wrong type is skipped.
       for j = 0, n_out - 1 do
-        if ttl > 0 then redis.call('SET', keys[k + j], args[a + j], 'PX', ttl)
-        else redis.call('SET', keys[k + j], args[a + j]) end
+        local t = redis.call('TYPE', keys[k + j])['ok']
+        if t == 'none' or t == 'string' then
+          if ttl > 0 then redis.call('SET', keys[k + j], args[a + j], 'PX', ttl)
+          else redis.call('SET', keys[k + j], args[a + j]) end
+        end
       end
-      if mode == 'stream' then
+      local rt = redis.call('TYPE', reply)['ok']
+      if mode == 'stream' and (rt == 'none' or rt == 'stream') then
         redis.call('XADD', reply, '*', 'd', payload)
-      else
+      elseif mode ~= 'stream' and (rt == 'none' or rt == 'list') then
         redis.call('RPUSH', reply, payload)
       end
       redis.call('PEXPIRE', reply, ttl > 0 and ttl or DEFAULT_TTL_MS)

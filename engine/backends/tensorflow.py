@@ -25,6 +25,7 @@ import numpy as np
 
 from inferis.client.core import ModelInfo
 
+from ..metrics import DEVICE_FALLBACKS
 from .base import BackendOptions, TensorSpec, gpu_index
 from .savedmodel import SAVED_MODEL_FILES
 from .savedmodel import pack_saved_model as pack_saved_model  # re-exported for callers
@@ -126,6 +127,7 @@ def _device(info: ModelInfo, options: BackendOptions) -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if worker_gpu is not None and worker_gpu < len(gpus):
         return f"/GPU:{worker_gpu}"
+    DEVICE_FALLBACKS.labels(info.name, "tensorflow", info.device).inc()
     log.warning(
         "model %s v%s asks for %s but this worker serves %s (TensorFlow sees %d GPU(s)); "
         "running it on CPU", info.name, info.version, info.device, options.device, len(gpus),
