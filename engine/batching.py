@@ -21,6 +21,7 @@ import numpy as np
 from inferis.client.core import ModelInfo
 
 from .backends.base import LoadedModel
+from .isolation import RunTimeout
 
 
 @dataclass
@@ -123,6 +124,10 @@ def run_batch(batch: list[Prepared], call: Call) -> None:
         total = sum(p.rows or 0 for p in batch)
         try:
             outputs, run_us = call(first, feed)
+        except RunTimeout as exc:
+            for p in batch:  # it hung on this batch: one retry per request would hang each time
+                p.error = exc
+            return
         except Exception:
             outputs = None
         if outputs is not None and all(

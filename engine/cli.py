@@ -42,6 +42,11 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-models", type=int, default=32, help="loaded models kept in memory")
     p.add_argument("--trust-unsafe-formats", action="store_true",
                    help="allow model formats that run code on load (pickle)")
+    p.add_argument("--isolate-backends", action="store_true",
+                   help="run models in a child process, so a run past its timeout is cut off")
+    p.add_argument("--run-timeout-ms", type=int, default=30_000,
+                   help="with --isolate-backends: a run's execution timeout unless the model's "
+                        "META timeout_ms says otherwise")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option, e.g. skops_trusted=pkg.Class,pkg.func (repeatable)")
     p.add_argument("--metrics-addr", default="127.0.0.1",
@@ -65,7 +70,9 @@ def _worker_args(ns: argparse.Namespace) -> list[str]:
         args.append("--trust-unsafe-formats")
     for option in ns.backend_option:
         args += ["--backend-option", option]
-    args += ["--metrics-addr", ns.metrics_addr]
+    args += ["--metrics-addr", ns.metrics_addr, "--run-timeout-ms", str(ns.run_timeout_ms)]
+    if ns.isolate_backends:
+        args.append("--isolate-backends")
     return args
 
 
@@ -209,6 +216,8 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         max_models=ns.max_models,
         metrics_port=ns.metrics_port,
         metrics_addr=ns.metrics_addr,
+        isolate_backends=ns.isolate_backends,
+        run_timeout_ms=ns.run_timeout_ms,
         backend=BackendOptions(
             device=ns.device,
             intra_op_threads=ns.intra_op_threads,

@@ -16,7 +16,9 @@ import redis
 from inferis.client.errors import BackendError, DeadlineExceeded, InferisError, InputError
 from inferis.client.tensor import decode_tensor, encode_tensor
 
+from . import metrics
 from .batching import Prepared, batching_limits, plan, run_batch, shared_rows
+from .isolation import RunTimeout
 from .models import ModelCache
 from .requests import RunRequest
 from .signature import bind_inputs, merge_specs, select_outputs
@@ -122,6 +124,9 @@ class Executor:
         started = time.perf_counter_ns()
         try:
             results = p.model.run(feed)
+        except RunTimeout:
+            metrics.RUN_TIMEOUTS.labels(p.info.name).inc()
+            raise
         except InferisError:
             raise
         except Exception as exc:

@@ -16,8 +16,10 @@ is not a sandbox: the child runs as the same user, and its replies are trusted.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
+import itertools
 import logging
 import math
 import os
@@ -28,6 +30,7 @@ import socket
 import struct
 import sys
 import threading
+import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -242,6 +245,9 @@ class IsolatedRunner:
         # Watches the pipe and the child's exit; kept across calls (cheaper than select).
         self._poller: Any = None
         self._known: dict[Hashable, _Known] = {}
+        # Keys of models dropped by their owners (from finalizers: no lock taken
+        # there); forgotten at the next call that holds the lock.
+        self._released: collections.deque[Hashable] = collections.deque()
         self._in_child: set[int] = set()
         self._next_ident = 0
         self.starts = 0  # child processes started
@@ -268,6 +274,7 @@ class IsolatedRunner:
         BackendError "cannot load model ...", as an in-process load does.
         """
         with self._lock:
+            self._forget_released()
             self._forget(key)
             self._next_ident += 1
             known = _Known(self._next_ident, blob, info)
@@ -283,6 +290,7 @@ class IsolatedRunner:
         The model is loaded again first if the child was replaced since.
         """
         with self._lock:
+            self._forget_released()
             known = self._known.get(key)
             if known is None:
                 raise BackendError(f"no model is loaded under {key!r}")
@@ -300,6 +308,14 @@ class IsolatedRunner:
                     timeout_ms,
                 ) from None
             return self._result(reply, f"{_label(known.info)} failed")
+
+    def release(self, key: Hashable) -> None:
+        """Forget ``key`` at the next call; safe from a finalizer (takes no lock)."""
+        self._released.append(key)
+
+    def _forget_released(self) -> None:
+        while self._released:
+            self._forget(self._released.popleft())
 
     def unload(self, key: Hashable) -> None:
         """Forget ``key`` and release its model in the child."""
@@ -473,6 +489,9 @@ def execution_timeout_ms(info: ModelInfo, default_ms: int) -> int:
     return max(1, round(value))
 
 
+_INSTANCES = itertools.count(1)
+
+
 class IsolatedModel:
     """A :class:`LoadedModel` whose runs happen in an :class:`IsolatedRunner`'s child."""
 
@@ -481,11 +500,15 @@ class IsolatedModel:
     ) -> None:
         self.timeout_ms = execution_timeout_ms(info, runner.default_timeout_ms)
         self._runner = runner
-        self._key = key
-        self.inputs, self.outputs = runner.load(key, blob, info)
+        # Unique per instance: a model reloaded under the same cache key must not be
+        # forgotten when its evicted predecessor is collected.
+        self._key = (key, next(_INSTANCES))
+        self.inputs, self.outputs = runner.load(self._key, blob, info)
+        self._finalizer = weakref.finalize(self, runner.release, self._key)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._runner.run(self._key, feed, self.timeout_ms / 1000)
 
     def close(self) -> None:
+        self._finalizer.detach()
         self._runner.unload(self._key)

@@ -56,6 +56,10 @@ DEVICE_FALLBACKS = Counter(
     "Models that asked for a device this worker does not serve and ran on CPU",
     ["model", "backend", "wanted"],
 )
+RUN_TIMEOUTS = Counter(
+    "inferis_run_timeouts_total", "Runs abandoned after exceeding their execution timeout",
+    ["model"],
+)
 RECLAIMED = Counter("inferis_reclaimed_total", "Requests taken over from an idle consumer")
 DEAD_LETTERED = Counter("inferis_dead_lettered_total", "Requests dead-lettered", ["reason"])
 REDIS_DISCONNECTS = Counter("inferis_redis_disconnects_total", "Times Redis went away")

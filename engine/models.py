@@ -31,7 +31,8 @@ from inferis.client.errors import (
 
 from . import metrics
 from .backends.base import BackendOptions, LoadedModel
-from .backends.registry import get_backend
+from .backends.registry import canonical_name, get_backend
+from .isolation import IsolatedModel, IsolatedRunner
 from .pipeline import PIPELINE_BACKEND, PipelineModel, parse_pipeline
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,14 @@ class _Resolved:
 
 class ModelCache:
     def __init__(
-        self, conn: redis.Redis, options: BackendOptions, max_models: int = 32
+        self,
+        conn: redis.Redis,
+        options: BackendOptions,
+        max_models: int = 32,
+        runner: IsolatedRunner | None = None,
     ) -> None:
+        # With a runner, models load and run in its child process (cut off when hung).
+        self._runner = runner
         self._redis = conn
         self._options = options
         self._max_models = max_models
@@ -133,7 +140,7 @@ class ModelCache:
         if failed is not None and failed[1] > time.monotonic():
             raise failed[0]
         try:
-            model = self._load_uncached(info)
+            model = self._load_uncached(info, key)
         except InferisError as exc:
             self._failed[key] = (exc, time.monotonic() + FAILED_LOAD_TTL_S)
             metrics.MODEL_LOAD_FAILURES.labels(info.name, exc.code).inc()
@@ -152,7 +159,7 @@ class ModelCache:
         info = self.resolve(name, version)
         return info, self.load(info)
 
-    def _load_uncached(self, info: ModelInfo) -> LoadedModel:
+    def _load_uncached(self, info: ModelInfo, key: _LoadKey) -> LoadedModel:
         if info.format in UNSAFE_FORMATS and not self._options.trust_unsafe_formats:
             raise UnsafeModelError(
                 f"model {info.name} v{info.version} is in format {info.format!r}, which can run "
@@ -162,18 +169,24 @@ class ModelCache:
         if info.backend == PIPELINE_BACKEND:
             spec = parse_pipeline(self._fetch_blob(info))
             return PipelineModel(info.name, spec, self._resolve_and_load)
-        backend = get_backend(info.backend)
-        blob = self._fetch_blob(info)
-        started = time.perf_counter()
-        try:
-            model = backend.load(blob, info, self._options)
-        except InferisError:
-            raise
-        except Exception as exc:
-            raise BackendError(
-                f"cannot load model {info.name} v{info.version} with backend {info.backend}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+        if self._runner is not None:
+            canonical_name(info.backend)  # ENOBACKEND for an unknown name, before fetching
+            blob = self._fetch_blob(info)
+            started = time.perf_counter()
+            model: LoadedModel = IsolatedModel(self._runner, key, blob, info)
+        else:
+            backend = get_backend(info.backend)
+            blob = self._fetch_blob(info)
+            started = time.perf_counter()
+            try:
+                model = backend.load(blob, info, self._options)
+            except InferisError:
+                raise
+            except Exception as exc:
+                raise BackendError(
+                    f"cannot load model {info.name} v{info.version} with backend "
+                    f"{info.backend}: {type(exc).__name__}: {exc}"
+                ) from None
         log.info(
             "loaded %s v%s (%s, %d bytes) in %.1f ms",
             info.name, info.version, info.backend, info.size,

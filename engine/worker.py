@@ -28,6 +28,7 @@ from . import metrics
 from .backends.base import BackendOptions
 from .executor import Executor, Outcome
 from .inference import InferenceThread, Job
+from .isolation import IsolatedRunner
 from .library import ensure_library
 from .models import ModelCache
 from .replies import complete_command, deadletter_command
@@ -52,6 +53,8 @@ class WorkerConfig:
     metrics_port: int = 0  # 0: no /metrics endpoint
     metrics_addr: str = "127.0.0.1"
     inference_thread: bool = True  # run models on a thread while the I/O loop reads
+    isolate_backends: bool = False  # run models in a child process, cut off when hung
+    run_timeout_ms: int = 30_000  # default execution timeout when isolated
     backend: BackendOptions = field(default_factory=BackendOptions)
 
 
@@ -73,6 +76,10 @@ class Worker:
         self._next_reclaim = 0.0
         self._stats = metrics.ModelStats()
         self._inference: InferenceThread | None = None
+        self._runner = (
+            IsolatedRunner(config.backend, config.run_timeout_ms)
+            if config.isolate_backends else None
+        )
         self.served = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -123,6 +130,8 @@ class Worker:
         if self._inference is not None:
             self._inference.stop()  # answers everything it was handed
             self._inference = None
+        if self._runner is not None:
+            self._runner.close()
         self._flush_stats_before_exit()
         self._disconnect()
         log.info("worker %s stopped after serving %d requests", self.consumer, self.served)
@@ -149,7 +158,9 @@ class Worker:
         pubsub.subscribe(keys.MODELS_CHANNEL)
         self._redis, self._pubsub = conn, pubsub
         if self._cache is None:
-            self._cache = ModelCache(conn, self.config.backend, self.config.max_models)
+            self._cache = ModelCache(
+                conn, self.config.backend, self.config.max_models, self._runner
+            )
         else:
             self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
         self._executor = Executor(conn, self._cache)

@@ -3,6 +3,7 @@ crashed or killed children replaced, load errors reported as an in-process load 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import signal
@@ -14,10 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from inferis.client import BackendError, BackendUnavailableError, InputError
 from inferis.client.core import ModelInfo
@@ -65,6 +67,19 @@ def identity_model() -> bytes:
         "identity",
         [helper.make_tensor_value_info(n, t, [None, None]) for n, t in kinds.items()],
         [helper.make_tensor_value_info(f"{n}_out", t, [None, None]) for n, t in kinds.items()],
+    )
+    return _save(graph)
+
+
+def matmul_model(width: int) -> bytes:
+    """Y = X @ W with a width x width float32 weight: a blob of width² * 4 bytes and more."""
+    weight = np.random.default_rng(1).standard_normal((width, width), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "matmul",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, width])],
+        initializer=[numpy_helper.from_array(weight, "W")],
     )
     return _save(graph)
 
@@ -148,6 +163,8 @@ def test_results_and_specs_equal_the_in_process_backend(runner: IsolatedRunner) 
     rng = np.random.default_rng(0)
     cases = [
         ("scale", models.scale_model(2.5), {"X": rng.standard_normal((4, 3), np.float32)}),
+        # A 1 MiB blob: sent out of band, as large arrays are.
+        ("matmul", matmul_model(512), {"X": rng.standard_normal((3, 512), np.float32)}),
         ("two", models.two_input_model(), {
             "A": rng.standard_normal((2, 5)), "B": rng.standard_normal((2, 5)),
         }),
@@ -171,8 +188,8 @@ def test_results_and_specs_equal_the_in_process_backend(runner: IsolatedRunner) 
     x = np.asfortranarray(rng.standard_normal((300, 300), np.float32))
     for feed_x in (x, x[:, ::2]):
         _assert_same(
-            runner.run("identity", {**cases[2][2], "F": feed_x}, timeout_s=60),
-            _in_process(cases[2][1], _info("identity", cases[2][1]), {**cases[2][2], "F": feed_x}),
+            runner.run("identity", {**cases[3][2], "F": feed_x}, timeout_s=60),
+            _in_process(cases[3][1], _info("identity", cases[3][1]), {**cases[3][2], "F": feed_x}),
         )
     assert runner.starts == 1
 
@@ -304,9 +321,17 @@ def test_unload_replace_and_close(runner: IsolatedRunner) -> None:
     runner.load("m", three, _info("m", three))  # the same key now holds the other model
     _assert_same(runner.run("m", x, timeout_s=60), _in_process(three, _info("m", three), x))
     model = IsolatedModel(runner, "k", two, _info("k", two))
+    key = model._key
     model.close()
-    with pytest.raises(BackendError, match="no model is loaded under 'k'"):
-        runner.run("k", x, timeout_s=60)
+    with pytest.raises(BackendError, match="no model is loaded under"):
+        runner.run(key, x, timeout_s=60)
+    dropped = IsolatedModel(runner, "k", two, _info("k", two))  # evicted, never closed
+    key = dropped._key
+    assert runner.run(key, x, timeout_s=60)["Y"].tolist() == [[2.0] * 3]
+    del dropped
+    gc.collect()  # its finalizer releases it; the runner forgets it at the next call
+    with pytest.raises(BackendError, match="no model is loaded under"):
+        runner.run(key, x, timeout_s=60)
     pid = runner.pid
     assert pid is not None
     runner.close()
@@ -315,7 +340,9 @@ def test_unload_replace_and_close(runner: IsolatedRunner) -> None:
 
 
 def test_torchscript_runs_errors_and_endless_loops(runner: IsolatedRunner) -> None:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
+    from inferis.engine.backends.torch import TorchBackend
+
     script = SPIN_SCRIPT + b"def double(x: Tensor) -> Tensor:\n    return x * 2\n"
     double = _info("double", script, "torch", "torchscript-source", {"entry": "double"})
     spin = _info("spin", script, "torch", "torchscript-source", {"entry": "spin"})
@@ -323,16 +350,20 @@ def test_torchscript_runs_errors_and_endless_loops(runner: IsolatedRunner) -> No
         runner.load("nameless", script, _info("nameless", script, "torch", "torchscript-source"))
     runner.load("double", script, double)
     runner.load("spin", script, spin)
-    x = np.arange(5, dtype=np.int64)
-    got = runner.run("double", {"x": x}, timeout_s=60)
-    want = torch.jit.CompilationUnit(script.decode()).find_function("double")(torch.from_numpy(x))
-    _assert_same(got, {"output_0": want.numpy()})
+    direct = TorchBackend().load(script, double, OPTIONS)
+    feeds = [
+        {"x": np.arange(5, dtype=np.int64)},
+        {"x": np.linspace(-3, 3, 7).astype(ml_dtypes.bfloat16)},
+        {"x": np.linspace(-3, 3, 70_000).astype(np.float16).reshape(2, -1)},  # out of band
+    ]
+    for feed in feeds:
+        _assert_same(runner.run("double", feed, timeout_s=60), direct.run(feed))
     # An inferis error raised by the backend in the child keeps its type.
     with pytest.raises(InputError, match="input x is a str tensor"):
         runner.run("double", {"x": np.array(["a"], dtype=object)}, timeout_s=60)
     with pytest.raises(RunTimeout, match="model spin v1 exceeded"):
         runner.run("spin", {"x": np.ones(1, np.float32)}, timeout_s=HANG_TIMEOUT_S)
-    _assert_same(runner.run("double", {"x": x}, timeout_s=60), {"output_0": want.numpy()})
+    _assert_same(runner.run("double", feeds[0], timeout_s=60), direct.run(feeds[0]))
 
 
 def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
@@ -366,3 +397,27 @@ def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+# ------------------------------------------------------------- through the worker
+
+
+def test_a_hung_model_is_cut_off_and_the_worker_goes_on(client, start_workers) -> None:
+    start_workers(1, "--isolate-backends")
+    client.modelstore("spin", "onnx", spin_model(), extra={"timeout_ms": 1000})
+    client.modelstore("scale", "onnx", models.scale_model(2.0))
+    with pytest.raises(BackendError, match="exceeded its execution timeout of 1000 ms"):
+        client.predict("spin", [np.ones(3, np.float32)])
+    assert client.predict("scale", [np.ones((1, 3), np.float32)])["Y"].tolist() == [[2.0] * 3]
+
+
+def test_every_request_of_a_hung_batch_is_told(client, start_workers) -> None:
+    client.modelstore("spin", "onnx", spin_model(), extra={"timeout_ms": 1500}, batch=(8, 0))
+    futures = [client.submit("spin", [np.ones(2, np.float32)]) for _ in range(4)]
+    start_workers(1, "--isolate-backends")
+    for future in futures:
+        with pytest.raises(BackendError, match="exceeded its execution timeout"):
+            client.wait(future).raise_for_error()
+    # the worker kept serving
+    client.modelstore("scale", "onnx", models.scale_model(3.0))
+    assert client.predict("scale", [np.ones((1, 3), np.float32)])["Y"].tolist() == [[3.0] * 3]
