@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,13 @@ class WorkerPool:
         count: int,
         extra_args: Sequence[str] = (),
         metrics_base_port: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.count = count
         self.extra_args = list(extra_args)
         self.metrics_base_port = metrics_base_port
+        self.env = dict(env) if env is not None else None  # None: inherit
         self.processes: list[subprocess.Popen[bytes]] = []
         self.restarts = 0
 
@@ -37,7 +39,7 @@ class WorkerPool:
         args = list(self.extra_args)
         if self.metrics_base_port:  # one /metrics port per worker
             args += ["--metrics-port", str(self.metrics_base_port + index)]
-        return subprocess.Popen(worker_command(self.redis_url, args))
+        return subprocess.Popen(worker_command(self.redis_url, args), env=self.env)
 
     def start(self) -> None:
         self.processes = [self._spawn(i) for i in range(self.count)]

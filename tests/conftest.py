@@ -47,10 +47,14 @@ def start_workers(redis_server: EmbeddedRedis) -> Iterator[WorkerFactory]:
     """Start worker processes; every pool started is stopped at teardown."""
     pools: list[WorkerPool] = []
 
-    def start(count: int = 1, *args: str, url: str | None = None) -> WorkerPool:
+    def start(
+        count: int = 1, *args: str, url: str | None = None, env: dict[str, str] | None = None
+    ) -> WorkerPool:
         conn = redis.Redis.from_url(url or redis_server.url)
         before = consumer_names(conn)
-        pool = WorkerPool(url or redis_server.url, count, ["--log-level", "WARNING", *args])
+        pool = WorkerPool(
+            url or redis_server.url, count, ["--log-level", "WARNING", *args], env=env
+        )
         pool.start()
         pools.append(pool)
         wait_for_consumers(conn, before, count)
