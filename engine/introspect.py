@@ -16,7 +16,7 @@ from inferis.client import Client
 from inferis.client.core import ModelInfo, StoredVersion
 
 from .backends.base import ANY_DTYPE, BackendOptions, TensorSpec
-from .backends.registry import get_backend
+from .backends.registry import load_model
 from .models import UNSAFE_FORMATS
 from .pipeline import PIPELINE_BACKEND
 from .signature import merge_specs
@@ -59,7 +59,7 @@ def describe(
     )
     # Threads 0: inspecting must not change the calling process's thread settings.
     options = BackendOptions(intra_op_threads=0, inter_op_threads=0)
-    model = get_backend(backend).load(blob, info, options)
+    model = load_model(blob, info, options)
     try:
         found_in = _as_declared(merge_specs(model.inputs, inputs))
         found_out = _as_declared(merge_specs(model.outputs, outputs))

@@ -154,7 +154,7 @@ def _child_main(
     # Ctrl-C reaches the whole process group; the worker decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=log_format)
-    from .backends.registry import get_backend
+    from .backends.registry import load_model
 
     models: dict[int, LoadedModel] = {}
     while True:
@@ -170,7 +170,7 @@ def _child_main(
             if op == "load":
                 _, ident, info, blob = message
                 blob = bytes(blob)  # a large blob arrives as a bytearray (out of band)
-                model = get_backend(info.backend).load(blob, info, options)
+                model = load_model(blob, info, options)
                 models[ident] = model
                 reply = ("ok", (list(model.inputs), list(model.outputs)))
             elif op == "run":

@@ -31,7 +31,7 @@ from inferis.client.errors import (
 
 from . import metrics
 from .backends.base import BackendOptions, LoadedModel
-from .backends.registry import canonical_name, get_backend
+from .backends.registry import canonical_name, get_backend, load_model
 from .isolation import IsolatedModel, IsolatedRunner
 from .pipeline import PIPELINE_BACKEND, PipelineModel, parse_pipeline
 
@@ -175,11 +175,11 @@ class ModelCache:
             started = time.perf_counter()
             model: LoadedModel = IsolatedModel(self._runner, key, blob, info)
         else:
-            backend = get_backend(info.backend)
+            get_backend(info.backend)  # ENOBACKEND before fetching a blob it cannot load
             blob = self._fetch_blob(info)
             started = time.perf_counter()
             try:
-                model = backend.load(blob, info, self._options)
+                model = load_model(blob, info, self._options)
             except InferisError:
                 raise
             except Exception as exc:

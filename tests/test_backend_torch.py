@@ -312,3 +312,38 @@ def test_pt2_archives_cannot_run_code_on_load(
     client.modelstore("native", "torch", native, format="pt2")
     with pytest.raises(UnsafeModelError, match="AOTInductor-compiled native code"):
         client.predict("native", [np.zeros((1, 4), np.float32)])
+
+
+PIPELINE_SCRIPT = """
+def prepare(x: Tensor) -> Tensor:
+    return ((x - 5.0) / 2.0).float()
+
+def decide(probabilities: Tensor) -> Tuple[Tensor, Tensor]:
+    top = probabilities.max(dim=1)
+    return top.indices, top.values
+"""
+
+
+def test_script_model_script_pipeline_in_one_request(client: Client, start_workers, iris) -> None:
+    """Pre-processing script -> ONNX model -> post-processing script, no client round trips."""
+    start_workers(1)
+    blob = PIPELINE_SCRIPT.encode()
+    client.modelstore("prepare", "torch", blob, format="torchscript-source",
+                      extra={"entry": "prepare"})
+    client.modelstore("decide", "torch", blob, format="torchscript-source",
+                      extra={"entry": "decide"})
+    client.modelstore("iris", "onnx", iris.blob)
+    client.pipelinestore(
+        "iris-scored",
+        [
+            {"model": "prepare", "inputs": ["raw"], "outputs": ["X"]},
+            {"model": "iris", "inputs": {"X": "X"}, "outputs": {"probabilities": "p"}},
+            {"model": "decide", "inputs": ["p"], "outputs": ["label", "confidence"]},
+        ],
+        inputs=["raw"], outputs=["label", "confidence"],
+    )
+    raw = iris.features.astype(np.float64) * 2.0 + 5.0  # what the client has: raw units
+    out = client.predict("iris-scored", {"raw": raw})
+    expected = iris.reference(((raw - 5.0) / 2.0).astype(np.float32))["probabilities"]
+    np.testing.assert_array_equal(out["label"], expected.argmax(axis=1))
+    np.testing.assert_allclose(out["confidence"], expected.max(axis=1), rtol=1e-6)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from inferis.client.core import ModelInfo
 from inferis.client.errors import BackendUnavailableError
 
-from .base import Backend
+from .base import Backend, BackendOptions, LoadedModel
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,19 @@ def get_backend(name: str) -> Backend:
         backend = getattr(module, entry.cls)()
         _loaded[key] = backend
     return backend
+
+
+def load_model(blob: bytes, info: ModelInfo, options: BackendOptions) -> LoadedModel:
+    """Load ``blob`` with its backend. A dependency the backend imports only when
+    loading (skops, say) that is missing is ENOBACKEND naming the extra, like a
+    missing framework; any other failure propagates as it is."""
+    key = canonical_name(info.backend)
+    backend = get_backend(key)
+    try:
+        return backend.load(blob, info, options)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"backend {key} cannot load model {info.name} v{info.version}: "
+            f"{exc.name or exc} is not installed on this worker; install it with: "
+            f"pip install 'inferis[{BACKENDS[key].extra}]'"
+        ) from None
