@@ -18,10 +18,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import core
+from .base import ClientBase
 from .connection import async_connection
 from .core import Command, Inputs, ModelInfo, RunResult, StoredVersion
 from .errors import NoAnswerError
-from .replies import ReplyRouter
 from .tensor import decode_tensor, encode_tensor
 
 _MAX_PIPELINE = 512
@@ -31,7 +31,7 @@ RECONNECT_WINDOW_S = 15.0
 
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """asyncio client for inferis; method names follow redisai-py where they can."""
 
     def __init__(
@@ -45,17 +45,11 @@ class AsyncClient:
         wait_timeout_ms: int = 1000,
         connection: aioredis.Redis | None = None,
     ) -> None:
-        self.partition = partition
-        self.timeout_ms = timeout_ms
-        self.ttl_ms = ttl_ms
-        # Durability: with wait_replicas > 0 every write is acknowledged only after
-        # that many replicas have it (WAIT), so a failover cannot lose it.
-        self.wait_replicas = wait_replicas
-        self.wait_timeout_ms = wait_timeout_ms
-        self._url = url
+        super().__init__(
+            url, partition=partition, timeout_ms=timeout_ms, ttl_ms=ttl_ms,
+            wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+        )
         self._redis = connection or async_connection(url)
-        self._ids = core.RequestIds()
-        self._router = ReplyRouter(self._ids.client_id, [partition])
         self._queue: asyncio.Queue[tuple[list[Any], bool, asyncio.Future[Any]]] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -221,18 +215,8 @@ class AsyncClient:
         """Run ``model`` on inline inputs; the result carries outputs or an error.
 
         ``keep_keys``: also keep the inputs and outputs as keys (for the TTL)."""
-        rid = self._ids.next()
-        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        command = core.build_predict(
-            rid=rid,
-            partition=self.partition,
-            reply_key=self._router.streams[self.partition],
-            model=model,
-            inputs=inputs,
-            version=version,
-            timeout_ms=timeout,
-            ttl_ms=self.ttl_ms,
-            keep_keys=keep_keys,
+        command, rid, timeout = self._predict_command(
+            model, inputs, version, timeout_ms, keep_keys
         )
         return await self._run(command, rid, timeout)
 
@@ -263,20 +247,8 @@ class AsyncClient:
         timeout_ms: int | None = None,
     ) -> RunResult:
         """Run model ``key`` on existing tensor keys, writing ``outputs`` keys."""
-        rid = self._ids.next()
-        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        command = core.build_execute(
-            rid=rid,
-            partition=self.partition,
-            reply_key=self._router.streams[self.partition],
-            model=key,
-            input_keys=inputs,
-            output_keys=outputs,
-            input_names=input_names,
-            output_names=output_names,
-            version=version,
-            timeout_ms=timeout,
-            ttl_ms=self.ttl_ms,
+        command, rid, timeout = self._execute_command(
+            key, inputs, outputs, version, input_names, output_names, timeout_ms
         )
         return (await self._run(command, rid, timeout)).raise_for_error()
 
@@ -313,36 +285,25 @@ class AsyncClient:
         Each step is ``{"model": name, "version": n (optional), "inputs": [...] or
         {model_input: tensor}, "outputs": [...] or {model_output: tensor}}``.
         """
-        blob = core.pipeline_blob(inputs, outputs, steps)
+        blob = self._pipeline_blob(steps, inputs, outputs)
         return await self.modelstore(name, "pipeline", blob, format="json", tags=tags)
 
     async def modelget(
         self, name: str, version: int | str | None = None, *, blob: bool = False
     ) -> ModelInfo | tuple[ModelInfo, bytes]:
-        args: list[Any] = ["META"]
-        if version is not None:
-            args += ["VERSION", str(version)]
-        if blob:
-            args.append("BLOB")
-        info, data = core.parse_model_info(await self._fcall(Command("MODELGET", [name], args)))
-        if blob:
-            assert data is not None
-            core.verify_blob(info, data)
-            return info, data
-        return info
+        reply = await self._fcall(self._modelget_command(name, version, blob))
+        return self._modelget_result(reply, blob)
 
     async def modelversions(self, name: str) -> list[int]:
         reply = await self._fcall(Command("MODELGET", [name], ["VERSIONS"]))
         return [int(v) for v in reply]
 
     async def modeldel(self, name: str, version: int | str | None = None) -> int:
-        args = [] if version is None else ["VERSION", str(version)]
-        return int(await self._fcall(Command("MODELDEL", [name], args)))
+        return int(await self._fcall(self._modeldel_command(name, version)))
 
     async def modelstats(self, name: str) -> dict[str, int]:
         """Counters workers flush every few seconds: requests, errors, run_us, queue_us."""
-        raw = await self._call("HGETALL", core.keys.model_key(name, "stats"))
-        return {core._text(k): int(v) for k, v in raw.items()}
+        return self._stats(await self._call("HGETALL", core.keys.model_key(name, "stats")))
 
     async def modellist(self) -> list[str]:
         names: list[str] = []
@@ -357,4 +318,4 @@ class AsyncClient:
 
     async def set_max_queue(self, depth: int) -> None:
         """Refuse MODELRUN with EBUSY while this many requests are queued (0: no bound)."""
-        await self._call("HSET", core.keys.partition_config(self.partition), "max_queue", depth)
+        await self._call("HSET", self._config_key(), "max_queue", depth)

@@ -19,14 +19,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import core
+from .base import ClientBase
 from .connection import sync_connection
 from .core import Command, Inputs, ModelInfo, RunResult, StoredVersion
 from .errors import NoAnswerError
-from .replies import ReplyRouter
 from .tensor import decode_tensor, encode_tensor
 
 
-class Client:
+class Client(ClientBase):
     """Blocking client for inferis; method names follow redisai-py where they can."""
 
     def __init__(
@@ -40,17 +40,11 @@ class Client:
         wait_timeout_ms: int = 1000,
         connection: redis.Redis | None = None,
     ) -> None:
-        self.partition = partition
-        self.timeout_ms = timeout_ms
-        self.ttl_ms = ttl_ms
-        # Durability: with wait_replicas > 0 every write is acknowledged only after
-        # that many replicas have it (WAIT), so a failover cannot lose it.
-        self.wait_replicas = wait_replicas
-        self.wait_timeout_ms = wait_timeout_ms
-        self._url = url
+        super().__init__(
+            url, partition=partition, timeout_ms=timeout_ms, ttl_ms=ttl_ms,
+            wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+        )
         self._redis = connection or sync_connection(url)
-        self._ids = core.RequestIds()
-        self._router = ReplyRouter(self._ids.client_id, [partition])
         self._reader: threading.Thread | None = None
         self._reader_lock = threading.Lock()
         self._closed = threading.Event()
@@ -155,18 +149,8 @@ class Client:
         keep_keys: bool = False,
     ) -> Future[RunResult]:
         """Enqueue a run and return at once; pass the future to :meth:`wait`."""
-        rid = self._ids.next()
-        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        command = core.build_predict(
-            rid=rid,
-            partition=self.partition,
-            reply_key=self._router.streams[self.partition],
-            model=model,
-            inputs=inputs,
-            version=version,
-            timeout_ms=timeout,
-            ttl_ms=self.ttl_ms,
-            keep_keys=keep_keys,
+        command, rid, timeout = self._predict_command(
+            model, inputs, version, timeout_ms, keep_keys
         )
         return self._submit(command, rid, timeout)
 
@@ -211,20 +195,8 @@ class Client:
         timeout_ms: int | None = None,
     ) -> RunResult:
         """Run model ``key`` on existing tensor keys, writing ``outputs`` keys."""
-        rid = self._ids.next()
-        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
-        command = core.build_execute(
-            rid=rid,
-            partition=self.partition,
-            reply_key=self._router.streams[self.partition],
-            model=key,
-            input_keys=inputs,
-            output_keys=outputs,
-            input_names=input_names,
-            output_names=output_names,
-            version=version,
-            timeout_ms=timeout,
-            ttl_ms=self.ttl_ms,
+        command, rid, timeout = self._execute_command(
+            key, inputs, outputs, version, input_names, output_names, timeout_ms
         )
         return self.wait(self._submit(command, rid, timeout)).raise_for_error()
 
@@ -259,35 +231,24 @@ class Client:
         Each step is ``{"model": name, "version": n (optional), "inputs": [...] or
         {model_input: tensor}, "outputs": [...] or {model_output: tensor}}``.
         """
-        blob = core.pipeline_blob(inputs, outputs, steps)
+        blob = self._pipeline_blob(steps, inputs, outputs)
         return self.modelstore(name, "pipeline", blob, format="json", tags=tags)
 
     def modelget(
         self, name: str, version: int | str | None = None, *, blob: bool = False
     ) -> ModelInfo | tuple[ModelInfo, bytes]:
-        args: list[Any] = ["META"]
-        if version is not None:
-            args += ["VERSION", str(version)]
-        if blob:
-            args.append("BLOB")
-        info, data = core.parse_model_info(self._fcall(Command("MODELGET", [name], args)))
-        if blob:
-            assert data is not None
-            core.verify_blob(info, data)
-            return info, data
-        return info
+        reply = self._fcall(self._modelget_command(name, version, blob))
+        return self._modelget_result(reply, blob)
 
     def modelversions(self, name: str) -> list[int]:
         return [int(v) for v in self._fcall(Command("MODELGET", [name], ["VERSIONS"]))]
 
     def modeldel(self, name: str, version: int | str | None = None) -> int:
-        args = [] if version is None else ["VERSION", str(version)]
-        return int(self._fcall(Command("MODELDEL", [name], args)))
+        return int(self._fcall(self._modeldel_command(name, version)))
 
     def modelstats(self, name: str) -> dict[str, int]:
         """Counters workers flush every few seconds: requests, errors, run_us, queue_us."""
-        raw = self._redis.hgetall(core.keys.model_key(name, "stats"))
-        return {core._text(k): int(v) for k, v in raw.items()}
+        return self._stats(self._redis.hgetall(core.keys.model_key(name, "stats")))
 
     def modellist(self) -> list[str]:
         found = self._redis.scan_iter(match="inferis:{*}:latest", count=1000)
@@ -295,4 +256,4 @@ class Client:
 
     def set_max_queue(self, depth: int) -> None:
         """Refuse MODELRUN with EBUSY while this many requests are queued (0: no bound)."""
-        self._redis.hset(core.keys.partition_config(self.partition), "max_queue", depth)
+        self._redis.hset(self._config_key(), "max_queue", depth)
