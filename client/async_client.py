@@ -285,7 +285,7 @@ class AsyncClient(ClientBase):
         Each step is ``{"model": name, "version": n (optional), "inputs": [...] or
         {model_input: tensor}, "outputs": [...] or {model_output: tensor}}``.
         """
-        blob = self._pipeline_blob(steps, inputs, outputs)
+        blob = core.pipeline_blob(inputs, outputs, steps)
         return await self.modelstore(name, "pipeline", blob, format="json", tags=tags)
 
     async def modelget(

@@ -109,12 +109,6 @@ class ClientBase:
         return Command("MODELDEL", [name], [] if version is None else ["VERSION", str(version)])
 
     @staticmethod
-    def _pipeline_blob(
-        steps: Sequence[Mapping[str, Any]], inputs: Sequence[str], outputs: Sequence[str]
-    ) -> bytes:
-        return core.pipeline_blob(inputs, outputs, steps)
-
-    @staticmethod
     def _stats(raw: Mapping[Any, Any]) -> dict[str, int]:
         return {core._text(k): int(v) for k, v in raw.items()}
 

@@ -28,7 +28,8 @@ def kept_keys(outcome: Outcome) -> set[str]:
     return {key for _, key, blob in outcome.outputs if len(blob) > INLINE_OUTPUT_LIMIT}
 
 
-def payload(outcome: Outcome, queue_us: int) -> bytes:
+def payload(outcome: Outcome, queue_us: int, kept: set[str] | None = None) -> bytes:
+    """The reply; ``kept`` is :func:`kept_keys` when the caller already has it."""
     request = outcome.request
     ok = outcome.error is None
     if request.reply_mode == REPLY_STREAM:
@@ -42,7 +43,7 @@ def payload(outcome: Outcome, queue_us: int) -> bytes:
             },
         }
         if ok:
-            kept = kept_keys(outcome)
+            kept = kept_keys(outcome) if kept is None else kept
             msg["outputs"] = [
                 [name, key if key in kept else None,
                  blob if len(blob) <= INLINE_OUTPUT_LIMIT else None]
@@ -79,7 +80,7 @@ def complete_command(outcomes: list[tuple[Outcome, int]]) -> list[Any]:
         call_keys += [key for key, _ in writes]
         args += [
             request.entry_id, request.reply_mode, request.ttl_ms,
-            payload(outcome, queue_us), len(writes),
+            payload(outcome, queue_us, kept), len(writes),
         ]
         args += [blob for _, blob in writes]
     return ["FCALL", "_INFERIS_COMPLETE", len(call_keys), *call_keys, *args]

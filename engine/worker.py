@@ -112,21 +112,18 @@ class Worker:
                 if self._redis is not None:
                     metrics.REDIS_DISCONNECTS.inc()
                 self._disconnect()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = _pause(backoff)
             except redis.ResponseError as exc:
                 # e.g. someone replaced the request stream with another type: say so
                 # loudly and keep trying; a worker never dies of what is in Redis.
                 log.error("redis refused a worker command (%s); retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = _pause(backoff)
             except Exception:
                 # A bug must not take the worker down: what it held stays pending
                 # in Redis and is reclaimed, by this worker or another.
                 log.exception("unexpected error in the worker loop; retrying in %.1fs", backoff)
                 self._disconnect()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = _pause(backoff)
         if self._inference is not None:
             self._inference.stop()  # answers everything it was handed
             self._inference = None
@@ -395,6 +392,12 @@ class Worker:
         return {
             p["message_id"].decode(): int(p["times_delivered"]) for p in pending
         }
+
+
+def _pause(backoff: float) -> float:
+    """Sleep ``backoff`` seconds; return the next, doubled up to 2 s."""
+    time.sleep(backoff)
+    return min(backoff * 2, 2.0)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

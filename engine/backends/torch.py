@@ -325,6 +325,26 @@ def _open_archive(blob: bytes, want: str, load: Callable[[io.BytesIO], Any]) -> 
         ) from None
 
 
+def _scripted_model(
+    call: Callable[..., Any],
+    schema: torch.FunctionSchema,
+    info: ModelInfo,
+    device: torch.device,
+    what: str,
+    is_method: bool,
+) -> TorchModel:
+    """A TorchScript module's forward or a script function, with its outputs laid out."""
+    declared = [d["name"] for d in info.outputs]
+    layout = _script_layout(_returns(schema), declared, what)
+    return TorchModel(
+        lambda feed: call(**feed),
+        _script_inputs(schema, is_method=is_method),
+        _declared_outputs(info, layout.names),
+        layout,
+        device,
+    )
+
+
 def _load_torchscript(
     blob: bytes, info: ModelInfo, device: torch.device, trusted: bool
 ) -> TorchModel:
@@ -333,16 +353,7 @@ def _load_torchscript(
         blob, "torchscript", lambda f: torch.jit.load(f, map_location=device)
     )
     module.eval()  # a module saved in training mode would run dropout and batch statistics
-    schema = module.forward.schema
-    declared = [d["name"] for d in info.outputs]
-    layout = _script_layout(_returns(schema), declared, "forward")
-    return TorchModel(
-        lambda feed: module(**feed),
-        _script_inputs(schema, is_method=True),
-        _declared_outputs(info, layout.names),
-        layout,
-        device,
-    )
+    return _scripted_model(module, module.forward.schema, info, device, "forward", True)
 
 
 def _load_source(
@@ -370,16 +381,7 @@ def _load_source(
         raise ValueError(
             f"the script has no function {entry!r}; it defines: {', '.join(available)}"
         )
-    schema = function.schema
-    declared = [d["name"] for d in info.outputs]
-    layout = _script_layout(_returns(schema), declared, f"function {entry}")
-    return TorchModel(
-        lambda feed: function(**feed),
-        _script_inputs(schema, is_method=False),
-        _declared_outputs(info, layout.names),
-        layout,
-        device,
-    )
+    return _scripted_model(function, function.schema, info, device, f"function {entry}", False)
 
 
 # --- pt2: the exported program carries dtypes and shapes ---------------------
