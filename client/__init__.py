@@ -5,11 +5,15 @@ Light on purpose: it needs redis, hiredis, numpy and msgpack, no ML framework.
     from inferis.client import Client
     with Client("redis://localhost:6379") as c:
         c.predict("iris", {"input": features})
+
+``protocol/`` holds what the client, the workers and the Functions library
+agree on; ``operations.py`` every call, once; ``sync.py`` and ``aio.py`` the
+two transports.
 """
 
-from .async_client import AsyncClient
-from .core import ModelInfo, Ref, RunResult, StoredVersion
-from .errors import (
+from .aio import AsyncClient
+from .operations import Ref
+from .protocol.errors import (
     ArgumentError,
     BackendError,
     BackendUnavailableError,
@@ -25,14 +29,17 @@ from .errors import (
     TensorError,
     UnsafeModelError,
 )
-from .sync_client import Client
-from .tensor import decode_tensor, encode_tensor
+from .protocol.models import Batching, ModelInfo, StoredVersion, TensorSpec
+from .protocol.replies import RunResult
+from .protocol.tensor import decode_tensor, encode_tensor
+from .sync import Client, PendingRun
 
 __all__ = [
     "ArgumentError",
     "AsyncClient",
     "BackendError",
     "BackendUnavailableError",
+    "Batching",
     "BusyError",
     "Client",
     "DeadLetteredError",
@@ -43,11 +50,13 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "NoAnswerError",
+    "PendingRun",
     "Ref",
     "ReplicationError",
     "RunResult",
     "StoredVersion",
     "TensorError",
+    "TensorSpec",
     "UnsafeModelError",
     "decode_tensor",
     "encode_tensor",

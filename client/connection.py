@@ -1,43 +1,35 @@
-"""Connections from URLs: a plain Redis, or the primary that Sentinel names.
+"""Connections from URLs (a plain Redis, or the primary Sentinel names), and the one
+primitive both transports use: send a list of commands in one write, read
+their replies in order.
 
 ``redis://host:port/db`` (or ``rediss://``) connects directly.
 ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` asks
 the Sentinels for the current primary of ``service`` and asks again after a
 failover, so clients and workers follow a promoted replica without operator
-action.
+action. redis-py makes the connections (handshake, AUTH, TLS, Sentinel);
+commands are packed by hiredis and replies parsed by redis-py's hiredis
+parser, without redis-py's per-command layers, which cost more than Redis
+itself on the hot path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
-from .errors import ArgumentError
+from .protocol.errors import ArgumentError
 
 SENTINEL_SCHEME = "redis+sentinel"
-
-try:  # hiredis packs commands in C; redis-py's asyncio connection packs in Python
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is a dependency, but stay usable
-    _hiredis_pack = None
-
-
-class _HiredisPackingConnection(aioredis.Connection):
-    """redis-py's asyncio connection, packing commands with hiredis (as its sync one does)."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if _hiredis_pack is None:
-            return super().pack_command(*args)
-        # redis-py may pass one multi-word command name ("CLIENT SETNAME"); split it
-        if isinstance(args[0], str) and " " in args[0]:
-            args = (*args[0].split(), *args[1:])
-        return [_hiredis_pack(args)]
+# Replies are parsed as RESP2 everywhere: one shape to handle, whatever the URL says.
+_OPTIONS = {"protocol": 2}
 
 
 @dataclass(frozen=True)
@@ -71,9 +63,18 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SENTINEL_SCHEME + "://")
 
 
+def _check_url(url: Any) -> str:
+    if not isinstance(url, str) or "://" not in url:
+        raise ArgumentError(
+            f"url must be redis://host:port[/db], rediss://... or redis+sentinel://..., got {url!r}"
+        )
+    return url
+
+
 def sync_connection(url: str, **options: Any) -> redis.Redis:
-    """A blocking client for ``url``; ``options`` go to each connection."""
-    if not is_sentinel_url(url):
+    """A blocking redis-py client for ``url``; ``options`` go to each connection."""
+    options = {**_OPTIONS, **options}
+    if not is_sentinel_url(_check_url(url)):
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
     sentinel = Sentinel(target.hosts, socket_timeout=2.0)
@@ -82,18 +83,48 @@ def sync_connection(url: str, **options: Any) -> redis.Redis:
     )
 
 
-def async_connection(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio client for ``url`` holding at most one connection for plain URLs.
+def sync_pool(url: str, **options: Any) -> redis.ConnectionPool:
+    return sync_connection(url, **options).connection_pool
 
-    Callers serialise their commands, so one connection is all they use.
-    """
-    if not is_sentinel_url(url):
-        if urlsplit(url).scheme == "redis":  # plain TCP; TLS and unix keep their classes
-            options.setdefault("connection_class", _HiredisPackingConnection)
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=1, **options)
-        return aioredis.Redis(connection_pool=pool)
+
+def async_pool(url: str, **options: Any) -> aioredis.ConnectionPool:
+    """An asyncio connection pool for ``url`` (Sentinel-managed for sentinel URLs)."""
+    options = {**_OPTIONS, **options}
+    if not is_sentinel_url(_check_url(url)):
+        return aioredis.ConnectionPool.from_url(url, **options)
     target = parse_sentinel_url(url)
     sentinel = AsyncSentinel(target.hosts, socket_timeout=2.0)
-    return sentinel.master_for(
+    client = sentinel.master_for(
         target.service, db=target.db, password=target.password, **options
     )
+    return client.connection_pool
+
+
+def pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    return b"".join(pack_command(tuple(c)) for c in commands)
+
+
+def roundtrip(conn: redis.connection.AbstractConnection, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send ``commands`` in one write; their replies in order, errors as values."""
+    conn.send_packed_command([pack(commands)], check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:  # that reply was read whole: keep going
+            replies.append(exc)
+    return replies
+
+
+async def aroundtrip(
+    conn: aioredis.connection.AbstractConnection, commands: Sequence[Sequence[Any]]
+) -> list[Any]:
+    """:func:`roundtrip` for an asyncio connection."""
+    await conn.send_packed_command([pack(commands)], check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies

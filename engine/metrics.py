@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from prometheus_client import Counter, Histogram, start_http_server
 
-from inferis.client import keys
+from inferis.client.protocol import keys
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,

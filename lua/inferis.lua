@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '7'
+local LIB_VERSION = '8'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -25,6 +25,9 @@ local STAGING_TTL_MS = 3600 * 1000
 local GROUP = 'inferis'
 local MODELS_CHANNEL = 'inferis:models'
 local DEADLETTER_MAXLEN = 10000
+local MAX_CALL_REQUESTS = 256
+-- Markers of the @<key> entry fields of inputs passed by key (client/protocol/entries.py).
+local REF_LARGE, REF_MISSING, REF_NOT_STRING = '', '-', '!'
 
 -- dtype name -> element size and struct format (nil: no VALUES conversion)
 local DTYPES = {
@@ -66,9 +69,12 @@ end
 
 local function upper(s) return string.upper(s or '') end
 
+-- Decimal integers only: tonumber would also take 0x10, 1e309 and inf.
 local function to_int(s, what, min, max)
+  if type(s) ~= 'string' or #s > 16 or not string.match(s, '^%-?%d+$') then
+    fail('EARGS', what .. ' must be a decimal integer, got ' .. tostring(s))
+  end
   local n = tonumber(s)
-  if n == nil or n ~= math.floor(n) then fail('EARGS', what .. ' must be an integer, got ' .. tostring(s)) end
   if (min and n < min) or (max and n > max) then
     fail('EARGS', what .. ' out of range: ' .. tostring(s))
   end
@@ -151,14 +157,16 @@ end
 local function check_shape(shape)
   if type(shape) ~= 'table' then fail('ETENSOR', 'tensor shape must be an array') end
   if #shape > MAX_RANK then fail('ETENSOR', 'tensor rank ' .. #shape .. ' exceeds the limit of ' .. MAX_RANK) end
-  local count = 1
+  -- Zero dimensions do not excuse the others: [0, 2^62] is refused too.
+  local count, product = 1, 1
   for _, d in ipairs(shape) do
     if type(d) ~= 'number' or d < 0 or d ~= math.floor(d) then
       fail('ETENSOR', 'tensor dimension ' .. tostring(d) .. ' is not a non-negative integer')
     end
     count = count * d
-    if count > MAX_TENSOR_BYTES then
-      fail('ETENSOR', 'tensor has more than ' .. MAX_TENSOR_BYTES .. ' elements')
+    product = product * math.max(d, 1)
+    if product > MAX_TENSOR_BYTES then
+      fail('ETENSOR', 'tensor shape exceeds the limit of ' .. MAX_TENSOR_BYTES .. ' elements')
     end
   end
   return count
@@ -290,6 +298,11 @@ local function tensorset(keys, args)
     i = i + 1
   end
   local count = check_shape(shape)
+  local size = DTYPES[dtype].size
+  if size and count * size > MAX_TENSOR_BYTES then
+    fail('ETENSOR', 'a ' .. dtype .. ' tensor of ' .. count .. ' elements exceeds the size limit of '
+      .. MAX_TENSOR_BYTES .. ' bytes')
+  end
   local data
   local mode = upper(args[i])
   if mode == 'BLOB' then
@@ -571,11 +584,67 @@ local function modeldel(keys, args)
 end
 
 ---------------------------------------------------------------------------
+-- runs: both forms write one stream entry (docs/PROTOCOL.md §5)
+--   t0, reply, n, q (msgpack array of request records), @<key> per input passed by key
+
+local function check_stream(stream)
+  local t = redis.call('TYPE', stream)['ok']
+  if t ~= 'none' and t ~= 'stream' then
+    fail('EARGS', stream .. ' holds a ' .. t .. ', not a request stream')
+  end
+end
+
+local function check_reply(reply, base, stream)
+  if reply == '' then return end
+  local t = redis.call('TYPE', reply)['ok']
+  if t ~= 'none' and t ~= 'stream' then
+    fail('EARGS', 'REPLYTO ' .. reply .. ' holds a ' .. t .. ', not a stream')
+  end
+  if request_base(reply) ~= base then
+    fail('EARGS', 'REPLYTO ' .. reply .. ' must share the hash tag of ' .. stream)
+  end
+end
+
+-- Back-pressure and the count of requests queued or running: refuse at once
+-- rather than let latency grow without bound.
+local function admit(stream, config, n)
+  local cfg = redis.call('HMGET', config, 'max_queue', 'queued')
+  local max_queue = tonumber(cfg[1] or '0') or 0
+  local queued = tonumber(cfg[2] or '0') or 0
+  if queued ~= 0 and redis.call('XLEN', stream) == 0 then
+    queued = 0  -- nothing is left in the stream: whatever the count says, nothing is queued
+    redis.call('HSET', config, 'queued', 0)
+  end
+  if max_queue > 0 and queued >= max_queue then
+    fail('EBUSY', 'queue ' .. stream .. ' holds ' .. queued .. ' requests (max_queue '
+      .. max_queue .. '); retry later')
+  end
+  redis.call('HINCRBY', config, 'queued', n)
+end
+
+-- An input passed by key, read as the caller: its value when small, a marker otherwise.
+local function read_ref(key)
+  local ok, n = pcall(redis.call, 'STRLEN', key)
+  if not ok then return REF_NOT_STRING end
+  if n == 0 then return REF_MISSING end
+  if n > INLINE_LIMIT then return REF_LARGE end
+  return redis.call('GET', key)
+end
+
+local function append_entry(stream, reply, n, records, refs)
+  local fields = {'t0', now_ms(), 'reply', reply, 'n', n, 'q', records}
+  for key, value in pairs(refs) do
+    fields[#fields + 1] = '@' .. key
+    fields[#fields + 1] = value
+  end
+  return redis.call('XADD', stream, '*', unpack(fields))
+end
+
 -- MODELRUN stream inkey... outkey... MODEL name [VERSION v] INPUTS n [OUTPUTS m]
 --   [INNAMES name...] [OUTNAMES name...] [DATA i encoded]... [TIMEOUT ms] [TTL ms]
 --   [REPLYTO stream] [ID rid] [EPHEMERAL]
--- Returns {rid, entry id, reply key, output key or output key prefix...}.
-
+-- One request, validated in full before anything is written; the form redis-cli
+-- users type. Returns {rid, entry id, reply key, output key or output key prefix...}.
 local function modelrun(keys, args)
   local stream = keys[1]
   if not stream then fail('EARGS', 'MODELRUN needs the request stream as its first key') end
@@ -602,7 +671,7 @@ local function modelrun(keys, args)
       if args[i + 2] == nil then fail('EARGS', 'DATA takes index value') end
       r.data[idx] = args[i + 2]; i = i + 3
     elseif u == 'TIMEOUT' then r.timeout = to_int(args[i + 1], 'TIMEOUT', 1, MAX_TIMEOUT_MS); i = i + 2
-    elseif u == 'TTL' then r.ttl = to_int(args[i + 1], 'TTL', 0); i = i + 2
+    elseif u == 'TTL' then r.ttl = to_int(args[i + 1], 'TTL', 0, 1000000000000); i = i + 2
     elseif u == 'REPLYTO' then r.reply = args[i + 1] or ''; i = i + 2
     elseif u == 'ID' then r.rid = args[i + 1]; i = i + 2
     elseif u == 'EPHEMERAL' then r.ephemeral = true; i = i + 1
@@ -619,20 +688,9 @@ local function modelrun(keys, args)
   if r.rid ~= nil and (#r.rid == 0 or #r.rid > 64 or not string.match(r.rid, '^[%w_.%-]+$')) then
     fail('EARGS', 'ID must be 1-64 characters of letters, digits, _ . -')
   end
-  local stream_type = redis.call('TYPE', stream)['ok']
-  if stream_type ~= 'none' and stream_type ~= 'stream' then
-    fail('EARGS', stream .. ' holds a ' .. stream_type .. ', not a request stream')
-  end
+  check_stream(stream)
   local base = request_base(stream)
-  if r.reply ~= '' then
-    local reply_type = redis.call('TYPE', r.reply)['ok']
-    if reply_type ~= 'none' and reply_type ~= 'stream' then
-      fail('EARGS', 'REPLYTO ' .. r.reply .. ' holds a ' .. reply_type .. ', not a stream')
-    end
-  end
-  if r.reply ~= '' and request_base(r.reply) ~= base then
-    fail('EARGS', 'REPLYTO ' .. r.reply .. ' must share the hash tag of ' .. stream)
-  end
+  check_reply(r.reply, base, stream)
 
   -- One request lives in one slot: Cluster enforces it, and so do we everywhere.
   for j = 2, #keys do
@@ -640,61 +698,45 @@ local function modelrun(keys, args)
       fail('EARGS', 'key ' .. keys[j] .. ' must share the hash tag ' .. base .. ' of ' .. stream)
     end
   end
-
   for j = 1, r.n_out do check_writable(keys[1 + r.n_in + j]) end
 
-  -- Back-pressure: refuse at once rather than let latency grow without bound.
-  local max_queue = tonumber(redis.call('HGET', base .. ':config', 'max_queue') or '0')
-  if max_queue > 0 and redis.call('XLEN', stream) >= max_queue then
-    fail('EBUSY', 'queue ' .. stream .. ' holds ' .. max_queue .. ' requests; retry later')
-  end
-
   -- Validate every input before writing anything.
-  local inline = {}
+  local refs, ins = {}, {}
   for j = 1, r.n_in do
     local key = keys[1 + j]
     local what = 'input ' .. j .. ' (' .. key .. ')'
+    local name = r.innames[j] or ''
     if r.data[j] then
       parse_tensor(r.data[j], what)
       check_writable(key)
-      if #r.data[j] <= INLINE_LIMIT then inline[j] = r.data[j] end
+      if #r.data[j] <= INLINE_LIMIT then ins[j] = {name, key, r.data[j]}
+      else ins[j] = {name, key}; refs[key] = REF_LARGE end
     else
-      local ok, n = pcall(redis.call, 'STRLEN', key)
-      if not ok then fail('EINPUT', what .. ' is not a string key holding a tensor') end
-      if n == 0 then fail('EINPUT', what .. ' does not exist') end
-      if n <= INLINE_LIMIT then
-        local v = redis.call('GET', key)
-        parse_tensor(v, what)
-        inline[j] = v
-      end
+      local value = read_ref(key)
+      if value == REF_NOT_STRING then fail('EINPUT', what .. ' is not a string key holding a tensor') end
+      if value == REF_MISSING then fail('EINPUT', what .. ' does not exist') end
+      if value ~= REF_LARGE then parse_tensor(value, what) end
+      ins[j] = {name, key}
+      refs[key] = value
     end
   end
-
-  local now = now_ms()
-  local fields = {'model', r.model, 'ver', r.version, 'dl', now + r.timeout, 'ttl', r.ttl,
-                  'reply', r.reply, 't0', now, 'ni', r.n_in, 'no', r.n_out}
-  if r.rid then fields[#fields + 1] = 'rid'; fields[#fields + 1] = r.rid end
-  if r.ephemeral then fields[#fields + 1] = 'eph'; fields[#fields + 1] = '1' end
-  for j = 1, r.n_in do
-    local n = #fields
-    fields[n + 1] = 'ik' .. j; fields[n + 2] = keys[1 + j]
-    fields[n + 3] = 'in' .. j; fields[n + 4] = r.innames[j] or ''
-    if inline[j] then fields[n + 5] = 'id' .. j; fields[n + 6] = inline[j] end
-  end
-  for j = 1, r.n_out do
-    local n = #fields
-    fields[n + 1] = 'ok' .. j; fields[n + 2] = keys[1 + r.n_in + j]
-    fields[n + 3] = 'on' .. j; fields[n + 4] = r.outnames[j] or ''
-  end
+  admit(stream, base .. ':config', 1)
 
   for j = 1, r.n_in do
     -- EPHEMERAL: an input that travels inside the entry is not also kept as a key.
-    if r.data[j] and not (r.ephemeral and inline[j]) then
-      if r.ttl > 0 then redis.call('SET', keys[1 + j], r.data[j], 'PX', r.ttl)
-      else redis.call('SET', keys[1 + j], r.data[j]) end
+    local value = r.data[j]
+    if value and not (r.ephemeral and #value <= INLINE_LIMIT) then
+      if r.ttl > 0 then redis.call('SET', keys[1 + j], value, 'PX', r.ttl)
+      else redis.call('SET', keys[1 + j], value) end
     end
   end
-  local id = redis.call('XADD', stream, '*', unpack(fields))
+  local outs = {}
+  for j = 1, r.n_out do outs[j] = {r.outnames[j] or '', keys[1 + r.n_in + j]} end
+  -- The id is known before XADD only when the caller gave one; otherwise it is
+  -- the entry id, which the worker reads from the entry.
+  local record = {id = r.rid or '', model = r.model, ver = r.version, timeout = r.timeout,
+                  ttl = r.ttl, eph = r.ephemeral == true, ['in'] = ins, out = outs}
+  local id = append_entry(stream, r.reply, 1, cmsgpack.pack({record}), refs)
   local rid = r.rid or id
   local reply_key = r.reply
   if reply_key == '' then reply_key = base .. ':r:' .. rid .. ':done' end
@@ -707,58 +749,43 @@ local function modelrun(keys, args)
   return out
 end
 
+-- MODELRUNMANY stream config reply refkey... | n records
+-- Many requests of one caller in one entry (the SDK's path). The records are
+-- the caller's, checked by the worker, which answers each bad one with its own
+-- error; here only what the whole call shares is checked, and the inputs passed
+-- by key are read as the caller. Returns the entry id.
+local function modelrunmany(keys, args)
+  local stream, config, reply = keys[1], keys[2], keys[3]
+  if not reply then fail('EARGS', 'MODELRUNMANY needs the stream, its config and a reply stream as keys') end
+  local n = to_int(args[1], 'MODELRUNMANY count', 1, MAX_CALL_REQUESTS)
+  local records = args[2]
+  if type(records) ~= 'string' or #records == 0 or #args ~= 2 then
+    fail('EARGS', 'MODELRUNMANY takes a count and the packed request records')
+  end
+  check_stream(stream)
+  local base = request_base(stream)
+  if config ~= base .. ':config' then fail('EARGS', 'MODELRUNMANY config key must be ' .. base .. ':config') end
+  if reply == '' then fail('EARGS', 'MODELRUNMANY needs a reply stream') end
+  check_reply(reply, base, stream)
+  local refs = {}
+  for j = 4, #keys do
+    if request_base(keys[j]) ~= base then
+      fail('EARGS', 'key ' .. keys[j] .. ' must share the hash tag ' .. base .. ' of ' .. stream)
+    end
+    refs[keys[j]] = read_ref(keys[j])
+  end
+  admit(stream, config, n)
+  return append_entry(stream, reply, n, records, refs)
+end
+
 ---------------------------------------------------------------------------
 -- worker side
 
--- _INFERIS_COMPLETE stream (reply out...)... | count (entry_id mode ttl payload n_out blob...)...
--- Completes a whole batch in one call. Each entry is acknowledged first: if
--- another worker already answered it, nothing is written for it, so a
--- reclaimed request is answered exactly once. Returns 1/0 per entry.
-local function complete(keys, args)
-  local stream = keys[1]
-  local count = tonumber(args[1])
-  local k, a = 2, 2
-  local done, answered = {}, {}
-  for e = 1, count do
-    local reply = keys[k]
-    local entry_id, mode, ttl, payload = args[a], args[a + 1], tonumber(args[a + 2]), args[a + 3]
-    local n_out = tonumber(args[a + 4])
-    k, a = k + 1, a + 5
-    if redis.call('XACK', stream, GROUP, entry_id) == 1 then
-      -- Nothing here may abort the batch: a key of the wrong type is skipped.
-      for j = 0, n_out - 1 do
-        local t = redis.call('TYPE', keys[k + j])['ok']
-        if t == 'none' or t == 'string' then
-          if ttl > 0 then redis.call('SET', keys[k + j], args[a + j], 'PX', ttl)
-          else redis.call('SET', keys[k + j], args[a + j]) end
-        end
-      end
-      local rt = redis.call('TYPE', reply)['ok']
-      if mode == 'stream' and (rt == 'none' or rt == 'stream') then
-        redis.call('XADD', reply, '*', 'd', payload)
-      elseif mode ~= 'stream' and (rt == 'none' or rt == 'list') then
-        redis.call('RPUSH', reply, payload)
-      end
-      redis.call('PEXPIRE', reply, ttl > 0 and ttl or DEFAULT_TTL_MS)
-      done[#done + 1] = entry_id
-      answered[e] = 1
-    else
-      answered[e] = 0
-    end
-    k, a = k + n_out, a + n_out
-  end
-  if #done > 0 then redis.call('XDEL', stream, unpack(done)) end
-  return answered
-end
+local WRITABLE = {X = 'stream', L = 'list', S = 'string'}
 
--- _INFERIS_DEADLETTER stream deadletter reply | entry_id mode payload field value...
-local function deadletter(keys, args)
-  local stream, dlq, reply = keys[1], keys[2], keys[3]
-  local entry_id, mode, payload = args[1], args[2], args[3]
-  if redis.call('XACK', stream, GROUP, entry_id) == 0 then return 0 end
-  local fields = {'entry', entry_id}
-  for j = 4, #args do fields[#fields + 1] = args[j] end
-  -- Keep the original request (prefixed) so it can be inspected and replayed.
+-- Keep the original entry (fields prefixed req.) so it can be inspected and replayed.
+local function deadletter(stream, dlq, entry_id, reason, deliveries)
+  local fields = {'entry', entry_id, 'reason', reason, 'deliveries', deliveries}
   local original = redis.call('XRANGE', stream, entry_id, entry_id)
   if original[1] then
     local f = original[1][2]
@@ -768,14 +795,54 @@ local function deadletter(keys, args)
     end
   end
   redis.call('XADD', dlq, 'MAXLEN', '~', DEADLETTER_MAXLEN, '*', unpack(fields))
-  if mode == 'stream' then
-    redis.call('XADD', reply, '*', 'd', payload)
-  else
-    redis.call('RPUSH', reply, payload)
+end
+
+-- _INFERIS_COMPLETE stream deadletter config key... |
+--   count (entry_id requests reason deliveries n_writes (op ttl value)...)...
+-- Settles a whole batch in one call. Each entry is acknowledged first: if that
+-- acknowledges nothing (another worker answered it, or it was dead-lettered),
+-- nothing is written for it, so a request run twice is answered once. A reason
+-- dead-letters the entry. Writes never abort the batch: a key holding another
+-- type is skipped. Returns 1/0 per entry.
+local function complete(keys, args)
+  local stream, dlq, config = keys[1], keys[2], keys[3]
+  local count = tonumber(args[1])
+  local k, a = 4, 2
+  local done, answered, settled = {}, {}, 0
+  for e = 1, count do
+    local entry_id, requests, reason = args[a], tonumber(args[a + 1]), args[a + 2]
+    local deliveries, n_writes = args[a + 3], tonumber(args[a + 4])
+    a = a + 5
+    local acked = redis.call('XACK', stream, GROUP, entry_id) == 1
+    if acked and reason ~= '' then deadletter(stream, dlq, entry_id, reason, deliveries) end
+    for _ = 1, n_writes do
+      local key, op, ttl, value = keys[k], args[a], tonumber(args[a + 1]), args[a + 2]
+      k, a = k + 1, a + 3
+      if acked then
+        local t = redis.call('TYPE', key)['ok']
+        if t == 'none' or t == WRITABLE[op] then
+          if op == 'S' then
+            if ttl > 0 then redis.call('SET', key, value, 'PX', ttl) else redis.call('SET', key, value) end
+          else
+            if op == 'X' then redis.call('XADD', key, '*', 'd', value) else redis.call('RPUSH', key, value) end
+            if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+          end
+        end
+      end
+    end
+    if acked then
+      done[#done + 1] = entry_id
+      settled = settled + requests
+      answered[e] = 1
+    else
+      answered[e] = 0
+    end
   end
-  redis.call('PEXPIRE', reply, DEFAULT_TTL_MS)
-  redis.call('XDEL', stream, entry_id)
-  return 1
+  if #done > 0 then
+    redis.call('XDEL', stream, unpack(done))
+    if redis.call('HINCRBY', config, 'queued', -settled) < 0 then redis.call('HSET', config, 'queued', 0) end
+  end
+  return answered
 end
 
 local function version(keys, args) return LIB_VERSION end
@@ -787,6 +854,6 @@ redis.register_function{function_name = 'MODELSTORE', callback = guarded(modelst
 redis.register_function{function_name = 'MODELGET', callback = guarded(modelget), flags = {'no-writes'}}
 redis.register_function{function_name = 'MODELDEL', callback = guarded(modeldel)}
 redis.register_function{function_name = 'MODELRUN', callback = guarded(modelrun)}
+redis.register_function{function_name = 'MODELRUNMANY', callback = guarded(modelrunmany)}
 redis.register_function{function_name = '_INFERIS_COMPLETE', callback = guarded(complete)}
-redis.register_function{function_name = '_INFERIS_DEADLETTER', callback = guarded(deadletter)}
 redis.register_function{function_name = 'INFERIS_VERSION', callback = version, flags = {'no-writes'}}

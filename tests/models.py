@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from inferis.engine.demo import build_iris_model
+from inferis.engine.cli.demo import build_iris_model
 
 OPSET = [helper.make_opsetid("", 17)]
 

@@ -13,25 +13,13 @@ from typing import Protocol
 
 import numpy as np
 
-from inferis.client.core import ModelInfo
+from inferis.client.protocol.errors import BackendError
+from inferis.client.protocol.models import ANY_DTYPE, UNSUPPORTED_DTYPE, ModelInfo, TensorSpec
 
-# A backend that cannot tell an input's dtype reports this; it is not checked.
-ANY_DTYPE = "any"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output: wire dtype name and shape (None marks a dynamic dim)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | None, ...] | None = None  # None: rank unknown
-
-    def describe(self) -> str:
-        if self.shape is None:
-            return f"{self.name}: {self.dtype}[...]"
-        dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
+__all__ = [
+    "ANY_DTYPE", "UNSUPPORTED_DTYPE", "Backend", "BackendOptions", "LoadedModel", "ModelInfo",
+    "RunTimeout", "TensorSpec", "gpu_index",
+]
 
 
 def gpu_index(device: str) -> int | None:
@@ -55,11 +43,25 @@ class BackendOptions:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+class RunTimeout(BackendError):
+    """A run exceeded its execution timeout; the process running it was killed."""
+
+    def __init__(self, message: str, timeout_ms: int) -> None:
+        super().__init__(message)
+        self.timeout_ms = timeout_ms
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.message, self.timeout_ms))
+
+
 class LoadedModel(Protocol):
-    """A model ready to run. ``inputs``/``outputs`` come from the model itself."""
+    """A model ready to run. ``inputs``/``outputs`` come from the model itself;
+    ``device`` is where it runs (``CPU``, ``GPU:0``), which may differ from the
+    device the version asked for when this worker has none."""
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    device: str
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one feed; return every output by name."""

@@ -7,10 +7,7 @@ import logging
 import numpy as np
 import onnxruntime as ort
 
-from inferis.client.core import ModelInfo
-
-from ..metrics import DEVICE_FALLBACKS
-from .base import BackendOptions, TensorSpec, gpu_index
+from .base import UNSUPPORTED_DTYPE, BackendOptions, ModelInfo, TensorSpec, gpu_index
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +34,25 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     dtype = _ONNX_DTYPES.get(arg.type)
     if dtype is None:
         # e.g. seq(map(int64,tensor(float))) from a ZipMap node
-        return TensorSpec(arg.name, f"unsupported:{arg.type}", None)
+        return TensorSpec(arg.name, f"{UNSUPPORTED_DTYPE}{arg.type}", None)
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape or [])
     return TensorSpec(arg.name, dtype, shape)
 
 
 class OnnxModel:
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, device: str) -> None:
         self._session = session
+        self.device = device
         self.inputs = [_spec(a) for a in session.get_inputs()]
         self.outputs = [_spec(a) for a in session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for spec in self.outputs:
-            if spec.dtype.startswith("unsupported:"):
+            if spec.dtype.startswith(UNSUPPORTED_DTYPE):
                 raise ValueError(
-                    f"output {spec.name} has type {spec.dtype[12:]}, which is not a tensor; "
+                    f"output {spec.name} has type {spec.dtype[len(UNSUPPORTED_DTYPE):]}, "
+                    "which is not a tensor; "
                     "for scikit-learn classifiers convert with options={'zipmap': False}"
                 )
         values = self._session.run(self._output_names, feed)
@@ -72,17 +71,18 @@ class OnnxBackend:
         so.inter_op_num_threads = options.inter_op_threads
         so.log_severity_level = 3
         providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
+        device = "CPU"
         if gpu_index(info.device) is not None:
             # The model prefers a GPU; the worker's --device says which one it has.
             worker_gpu = gpu_index(options.device)
             if worker_gpu is not None and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(worker_gpu)}))
+                device = f"GPU:{worker_gpu}"
             else:
-                DEVICE_FALLBACKS.labels(info.name, "onnx", info.device).inc()
                 log.warning(
                     "model %s v%s asks for %s but this worker serves %s (providers: %s); "
                     "running it on CPU", info.name, info.version, info.device, options.device,
                     ", ".join(ort.get_available_providers()),
                 )
         session = ort.InferenceSession(blob, sess_options=so, providers=providers)
-        return OnnxModel(session)
+        return OnnxModel(session, device)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from inferis.client.core import ModelInfo
-from inferis.client.errors import BackendUnavailableError
+from inferis.client.protocol.errors import BackendUnavailableError
 
-from .base import Backend, BackendOptions, LoadedModel
+from .base import Backend, BackendOptions, LoadedModel, ModelInfo
 
 
 @dataclass(frozen=True)

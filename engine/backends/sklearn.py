@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from inferis.client.core import ModelInfo
-from inferis.client.errors import UnsafeModelError
-from inferis.client.tensor import wire_dtype
+from inferis.client.protocol.errors import UnsafeModelError
+from inferis.client.protocol.tensor import wire_dtype
 
-from .base import ANY_DTYPE, BackendOptions, TensorSpec
+from .base import ANY_DTYPE, BackendOptions, ModelInfo, TensorSpec
 
 SAFE_FORMATS = ("skops",)
 UNSAFE_FORMATS = ("pickle", "joblib")
@@ -145,6 +144,8 @@ def _label_dtype(classes: np.ndarray) -> str:
 
 
 class SklearnModel:
+    device = "CPU"  # scikit-learn has no GPU path
+
     def __init__(self, estimator: Any) -> None:
         from sklearn.base import is_classifier
         from sklearn.utils.validation import check_is_fitted

@@ -23,10 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from inferis.client.core import ModelInfo
-
-from ..metrics import DEVICE_FALLBACKS
-from .base import BackendOptions, TensorSpec, gpu_index
+from .base import UNSUPPORTED_DTYPE, BackendOptions, ModelInfo, TensorSpec, gpu_index
 from .savedmodel import SAVED_MODEL_FILES
 from .savedmodel import pack_saved_model as pack_saved_model  # re-exported for callers
 
@@ -55,7 +52,7 @@ _WIRE_DTYPES: dict[tf.DType, str] = {
     tf.bool: "bool",
     tf.string: "str",
 }
-_UNSUPPORTED = "unsupported:"
+_UNSUPPORTED = UNSUPPORTED_DTYPE
 
 # Thread pools can be sized only before TensorFlow initialises, so once per process.
 _threads_configured = False
@@ -119,6 +116,11 @@ def _configure_threads(options: BackendOptions) -> None:
         )
 
 
+def _worker_device(tf_device: str) -> str:
+    """'/GPU:1' -> 'GPU:1', '/CPU:0' -> 'CPU' (the names the worker reports)."""
+    return "CPU" if tf_device.startswith("/CPU") else tf_device.lstrip("/")
+
+
 def _device(info: ModelInfo, options: BackendOptions) -> str:
     """'/GPU:N' when the model prefers a GPU and this worker has one; '/CPU:0' otherwise."""
     if gpu_index(info.device) is None:
@@ -127,7 +129,6 @@ def _device(info: ModelInfo, options: BackendOptions) -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if worker_gpu is not None and worker_gpu < len(gpus):
         return f"/GPU:{worker_gpu}"
-    DEVICE_FALLBACKS.labels(info.name, "tensorflow", info.device).inc()
     log.warning(
         "model %s v%s asks for %s but this worker serves %s (TensorFlow sees %d GPU(s)); "
         "running it on CPU", info.name, info.version, info.device, options.device, len(gpus),
@@ -196,6 +197,7 @@ class SavedModelModel:
     """One signature of a SavedModel unpacked into a private temporary directory."""
 
     def __init__(self, blob: bytes, info: ModelInfo, device: str) -> None:
+        self.device = _worker_device(device)
         self._dir = tempfile.mkdtemp(prefix="inferis-tf-")
         # Removes the directory even if close() is never called (e.g. at exit).
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
@@ -266,13 +268,15 @@ def _graph_sinks(graph: tf.Graph) -> list[str]:
     ]
 
 
+def _dims(shape: tuple[int | None, ...]) -> list[int]:
+    return [-1 if d is None else d for d in shape]
+
+
 def _merge_shape(
     label: str, graph: tuple[int | None, ...] | None, declared: Sequence[Any] | None
 ) -> tuple[int | None, ...] | None:
     """The graph's shape with its unknown dims filled from the declaration."""
-    wanted = None if declared is None else tuple(
-        None if d is None or int(d) < 0 else int(d) for d in declared
-    )
+    wanted = None if declared is None else tuple(declared)
     if graph is None or wanted is None:
         return wanted if graph is None else graph
     if len(graph) != len(wanted):
@@ -283,15 +287,15 @@ def _merge_shape(
     for g, w in zip(graph, wanted, strict=True):
         if g is not None and w is not None and g != w:
             raise ValueError(
-                f"{label} is declared with shape {list(declared or [])}, the graph has "
+                f"{label} is declared with shape {_dims(wanted)}, the graph has "
                 f"{list(graph)}"
             )
         merged.append(g if g is not None else w)
     return tuple(merged)
 
 
-def _graph_spec(graph: tf.Graph, declared: Mapping[str, Any], kind: str) -> TensorSpec:
-    name = str(declared["name"])
+def _graph_spec(graph: tf.Graph, declared: TensorSpec, kind: str) -> TensorSpec:
+    name = declared.name
     try:
         tensor = graph.get_tensor_by_name(_tensor_name(name))
     except (KeyError, ValueError):
@@ -303,12 +307,12 @@ def _graph_spec(graph: tf.Graph, declared: Mapping[str, Any], kind: str) -> Tens
             hint = "unconsumed nodes: " + (", ".join(_graph_sinks(graph)) or "none")
         raise ValueError(f"{kind} {name!r} is not a tensor of the graph ({hint})") from None
     spec = _spec(name, tensor.dtype, tensor.shape)
-    declared_dtype = declared.get("dtype")
+    declared_dtype = declared.dtype
     if declared_dtype and not spec.dtype.startswith(_UNSUPPORTED) and declared_dtype != spec.dtype:
         raise ValueError(
             f"{kind} {name!r} is declared {declared_dtype} but the graph's tensor is {spec.dtype}"
         )
-    shape = _merge_shape(f"{kind} {name!r}", spec.shape, declared.get("shape"))
+    shape = _merge_shape(f"{kind} {name!r}", spec.shape, declared.shape)
     return TensorSpec(name, spec.dtype, shape)
 
 
@@ -322,6 +326,7 @@ class GraphDefModel:
     """
 
     def __init__(self, blob: bytes, info: ModelInfo, options: BackendOptions, device: str) -> None:
+        self.device = _worker_device(device)
         if not info.inputs or not info.outputs:
             raise ValueError(
                 "FORMAT graphdef needs the tensors to feed and fetch: INPUT and OUTPUT "

@@ -30,13 +30,10 @@ from torch.export.passes import move_to_device_pass
 from torch.export.pt2_archive import constants as pt2_archive
 from torch.utils import _pytree as pytree
 
-from inferis.client.core import ModelInfo
-from inferis.client.errors import InferisError, InputError, UnsafeModelError
-from inferis.client.tensor import numpy_dtype
+from inferis.client.protocol.errors import InferisError, InputError, UnsafeModelError
+from inferis.client.protocol.tensor import numpy_dtype
 
-from ..metrics import DEVICE_FALLBACKS
-from ..signature import declared_specs
-from .base import ANY_DTYPE, BackendOptions, TensorSpec, gpu_index
+from .base import ANY_DTYPE, UNSUPPORTED_DTYPE, BackendOptions, ModelInfo, TensorSpec, gpu_index
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +85,6 @@ def _select_device(info: ModelInfo, options: BackendOptions) -> torch.device:
     worker_gpu = gpu_index(options.device)
     if worker_gpu is not None and torch.cuda.is_available():
         return torch.device("cuda", worker_gpu)
-    DEVICE_FALLBACKS.labels(info.name, "torch", info.device).inc()
     log.warning(
         "model %s v%s asks for %s but this worker serves %s (torch CUDA available: %s); "
         "running it on CPU", info.name, info.version, info.device, options.device,
@@ -180,6 +176,7 @@ class TorchModel:
         self.outputs = outputs
         self._layout = layout
         self._device = device
+        self.device = "CPU" if device.type == "cpu" else f"GPU:{device.index or 0}"
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._call is None:
@@ -216,7 +213,7 @@ def _script_inputs(schema: torch.FunctionSchema, is_method: bool) -> list[Tensor
             specs.append(TensorSpec(arg.name, ANY_DTYPE, None))
         elif not arg.has_default_value():
             # check_input turns this into an InputError naming the argument.
-            specs.append(TensorSpec(arg.name, f"unsupported:{arg.type}", None))
+            specs.append(TensorSpec(arg.name, f"{UNSUPPORTED_DTYPE}{arg.type}", None))
         # a non-tensor argument with a default keeps its default
     return specs
 
@@ -274,7 +271,7 @@ def _returns(schema: torch.FunctionSchema) -> Any:
 
 def _declared_outputs(info: ModelInfo, names: list[str]) -> list[TensorSpec]:
     """Output specs: what was declared at store time, else unknown dtype and shape."""
-    given = {s.name: s for s in declared_specs(info.outputs)}
+    given = {s.name: s for s in info.outputs}
     return [given.get(n, TensorSpec(n, ANY_DTYPE, None)) for n in names]
 
 
@@ -334,7 +331,7 @@ def _scripted_model(
     is_method: bool,
 ) -> TorchModel:
     """A TorchScript module's forward or a script function, with its outputs laid out."""
-    declared = [d["name"] for d in info.outputs]
+    declared = [d.name for d in info.outputs]
     layout = _script_layout(_returns(schema), declared, what)
     return TorchModel(
         lambda feed: call(**feed),
@@ -389,8 +386,8 @@ def _load_source(
 
 def _fake_spec(name: str, value: Any) -> TensorSpec:
     if not isinstance(value, torch.Tensor):
-        return TensorSpec(name, f"unsupported:{type(value).__name__}", None)
-    dtype = _WIRE_DTYPES.get(value.dtype, f"unsupported:{value.dtype}")
+        return TensorSpec(name, f"{UNSUPPORTED_DTYPE}{type(value).__name__}", None)
+    dtype = _WIRE_DTYPES.get(value.dtype, f"{UNSUPPORTED_DTYPE}{value.dtype}")
     # A symbolic dim (torch.export.Dim) is a SymInt: dynamic.
     shape = tuple(d if isinstance(d, int) else None for d in value.shape)
     return TensorSpec(name, dtype, shape)
@@ -496,7 +493,7 @@ def _load_pt2(
         for spec, arg in zip(signature.output_specs, output_node.args[0], strict=True)
         if spec.kind == OutputKind.USER_OUTPUT
     ]
-    declared = [d["name"] for d in info.outputs]
+    declared = [d.name for d in info.outputs]
     layout, flat_names = _pt2_layout(program.call_spec.out_spec, len(values), declared)
     by_name = {n: _fake_spec(n, v) for n, v in zip(flat_names, values, strict=True)}
     outputs = [by_name[n] for n in layout.names]

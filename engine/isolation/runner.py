@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import itertools
 import logging
 import math
 import os
 import pickle
 import select
-import signal
 import socket
-import struct
-import sys
 import threading
 import weakref
 from collections.abc import Hashable
@@ -39,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from inferis.client.core import ModelInfo
-from inferis.client.errors import BackendError, InferisError, error_from_code
+from inferis.client.protocol.errors import BackendError, error_from_code
+from inferis.client.protocol.models import ModelInfo, TensorSpec
 
-from .backends.base import BackendOptions, LoadedModel, TensorSpec
+from ..backends.base import BackendOptions, RunTimeout
+from .child import child_main
+from .framing import recv, send
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +49,11 @@ DEFAULT_LOAD_TIMEOUT_S = 300.0
 # Closing a model or stopping the child should be quick; past this it is killed.
 _SHORT_TIMEOUT_S = 10.0
 _MAX_POLL_MS = 2**31 - 1
-# Buffers at least this large are sent as their own message instead of being
-# copied into the pickle; below it one message per call is cheaper.
-_OUT_OF_BAND_MIN_BYTES = 64 * 1024
-_HEADER = struct.Struct("<QI")
 # Larger socket buffers than the default (~200 KiB) make moving megabytes
 # cheaper: fewer wake-ups of the reader per message. The kernel caps them.
 _SOCKET_BUFFER_BYTES = 4 << 20
 
-Specs = tuple[list[TensorSpec], list[TensorSpec]]
-
-
-class RunTimeout(BackendError):
-    """A run exceeded its execution timeout; the process running it was killed."""
-
-    def __init__(self, message: str, timeout_ms: int) -> None:
-        super().__init__(message)
-        self.timeout_ms = timeout_ms
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.timeout_ms))
+Specs = tuple[list[TensorSpec], list[TensorSpec], str]
 
 
 class _ChildGone(Exception):
@@ -79,124 +62,6 @@ class _ChildGone(Exception):
 
 class _Expired(Exception):
     """No reply within the timeout; the child was killed."""
-
-
-# --------------------------------------------------------------------- framing
-
-
-def _send(sock: socket.socket, message: Any) -> None:
-    """Header (payload size, buffer count, buffer sizes), pickle, then each buffer."""
-    buffers: list[memoryview] = []
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        raw = buffer.raw()
-        if raw.nbytes < _OUT_OF_BAND_MIN_BYTES:
-            return True  # serialized in-band
-        buffers.append(raw)
-        return False
-
-    payload = pickle.dumps(message, protocol=5, buffer_callback=out_of_band)
-    sizes = [b.nbytes for b in buffers]
-    sock.sendall(
-        _HEADER.pack(len(payload), len(sizes)) + struct.pack(f"<{len(sizes)}Q", *sizes) + payload
-    )
-    for raw in buffers:
-        sock.sendall(raw)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
-    # bytearrays keep received arrays writable, as a backend's own results are.
-    buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            raise EOFError("the other end closed the connection")
-        got += n
-    return buffer
-
-
-def _recv(sock: socket.socket) -> Any:
-    length, count = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
-    frame = _recv_exactly(sock, 8 * count + length)
-    sizes = struct.unpack_from(f"<{count}Q", frame)
-    buffers = [_recv_exactly(sock, size) for size in sizes]
-    return pickle.loads(memoryview(frame)[8 * count :], buffers=buffers)
-
-
-# ----------------------------------------------------------------- child side
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Get SIGKILLed when the worker dies, even while stuck in a native call."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
-    if os.getppid() != parent_pid:  # the parent was gone before prctl took effect
-        os._exit(1)
-
-
-def _error_reply(exc: BaseException) -> tuple[str, str | None, str, str]:
-    if isinstance(exc, InferisError):
-        return ("error", exc.code, type(exc).__name__, exc.message)
-    return ("error", None, type(exc).__name__, str(exc))
-
-
-def _child_main(
-    sock: socket.socket,
-    options: BackendOptions,
-    parent_pid: int,
-    log_level: int,
-    log_format: str | None,
-) -> None:
-    _die_with_parent(parent_pid)
-    # Ctrl-C reaches the whole process group; the worker decides when to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format=log_format)
-    from .backends.registry import load_model
-
-    models: dict[int, LoadedModel] = {}
-    while True:
-        try:
-            message = _recv(sock)
-        except (EOFError, OSError):
-            break  # the parent closed the socket (or died)
-        op = message[0]
-        if op == "close":
-            break
-        reply: Any
-        try:
-            if op == "load":
-                _, ident, info, blob = message
-                blob = bytes(blob)  # a large blob arrives as a bytearray (out of band)
-                model = load_model(blob, info, options)
-                models[ident] = model
-                reply = ("ok", (list(model.inputs), list(model.outputs)))
-            elif op == "run":
-                _, ident, feed = message
-                reply = ("ok", models[ident].run(feed))
-            elif op == "unload":
-                model = models.pop(message[1], None)
-                if model is not None:
-                    model.close()
-                reply = ("ok", None)
-            else:
-                reply = ("error", None, "ValueError", f"unknown request {op!r}")
-        except Exception as exc:
-            reply = _error_reply(exc)
-        try:
-            _send(sock, reply)
-        except OSError:  # the parent is gone
-            break
-        except Exception as exc:  # e.g. an output that cannot be pickled
-            _send(sock, _error_reply(exc))
-    for model in models.values():
-        with contextlib.suppress(Exception):
-            model.close()
-
-
-# ---------------------------------------------------------------- parent side
 
 
 @dataclass
@@ -329,7 +194,7 @@ class IsolatedRunner:
             if self._process is None or self._sock is None:
                 return
             with contextlib.suppress(OSError):
-                _send(self._sock, ("close",))
+                send(self._sock, ("close",))
             self._process.join(_SHORT_TIMEOUT_S)
             self._discard_child()
 
@@ -355,7 +220,7 @@ class IsolatedRunner:
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER_BYTES)
         process = self._context.Process(
-            target=_child_main,
+            target=child_main,
             args=(
                 child_sock, self.options, os.getpid(),
                 logging.getLogger().getEffectiveLevel(), _root_log_format(),
@@ -430,14 +295,14 @@ class IsolatedRunner:
         process, sock, pid = self._process, self._sock, self._process.pid
         try:
             try:
-                _send(sock, message)
+                send(sock, message)
                 wait_ms = min(max(0, math.ceil(timeout_s * 1000)), _MAX_POLL_MS)
                 ready = {fd for fd, _ in self._poller.poll(wait_ms)}
                 if not ready:
                     raise _Expired
                 if sock.fileno() not in ready:
                     raise _ChildGone
-                return _recv(sock)
+                return recv(sock)
             except (EOFError, OSError) as exc:
                 raise _ChildGone from exc
         except _ChildGone:
@@ -503,7 +368,7 @@ class IsolatedModel:
         # Unique per instance: a model reloaded under the same cache key must not be
         # forgotten when its evicted predecessor is collected.
         self._key = (key, next(_INSTANCES))
-        self.inputs, self.outputs = runner.load(self._key, blob, info)
+        self.inputs, self.outputs, self.device = runner.load(self._key, blob, info)
         self._finalizer = weakref.finalize(self, runner.release, self._key)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

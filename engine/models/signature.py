@@ -6,36 +6,24 @@ exactly what to fix and the backend never sees a malformed feed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from inferis.client.errors import InputError
-from inferis.client.tensor import wire_dtype
-
-from .backends.base import ANY_DTYPE, TensorSpec
-
-
-def declared_specs(declared: Sequence[Mapping[str, Any]]) -> list[TensorSpec]:
-    """Specs from stored metadata (INPUT/OUTPUT at MODELSTORE); -1 marks a dynamic dim."""
-    return [
-        TensorSpec(
-            d["name"], d["dtype"], tuple(None if x is None or x < 0 else x for x in d["shape"])
-        )
-        for d in declared
-    ]
+from inferis.client.protocol.errors import InputError
+from inferis.client.protocol.models import ANY_DTYPE, UNSUPPORTED_DTYPE, TensorSpec
+from inferis.client.protocol.tensor import wire_dtype
 
 
 def merge_specs(
-    reported: Sequence[TensorSpec], declared: Sequence[Mapping[str, Any]]
+    reported: Sequence[TensorSpec], declared: Sequence[TensorSpec]
 ) -> list[TensorSpec]:
     """What the model says about itself, completed by what was declared at store time.
 
     A backend that cannot tell a dtype or shape (TorchScript, say) reports
     ANY_DTYPE or None; the declared spec at the same position fills it in.
     """
-    given = declared_specs(declared)
+    given = list(declared)
     if not reported:
         return given
     merged = []
@@ -86,8 +74,10 @@ def bind_inputs(
 
 def check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     got = wire_dtype(array.dtype)
-    if spec.dtype.startswith("unsupported:"):
-        raise InputError(f"input {spec.name} has non-tensor type {spec.dtype[12:]}")
+    if spec.dtype.startswith(UNSUPPORTED_DTYPE):
+        raise InputError(
+            f"input {spec.name} has non-tensor type {spec.dtype[len(UNSUPPORTED_DTYPE):]}"
+        )
     if spec.dtype != ANY_DTYPE and got != spec.dtype:
         raise InputError(f"input {spec.name}: expected dtype {spec.dtype}, got {got}")
     if spec.shape is not None:

@@ -20,22 +20,24 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inferis.client.core import ModelInfo
-from inferis.client.errors import ArgumentError, BackendError, InferisError, InputError
+from inferis.client.protocol.errors import ArgumentError, BackendError, InferisError, InputError
+from inferis.client.protocol.models import ANY_DTYPE, TensorSpec
 
-from .backends.base import ANY_DTYPE, LoadedModel, TensorSpec
-from .signature import bind_inputs, merge_specs
+from .signature import bind_inputs
+
+if TYPE_CHECKING:
+    from .loading import Loaded
 
 PIPELINE_BACKEND = "pipeline"
 MAX_STEPS = 32
 
 # (model input or output name, or "" for positional; pipeline tensor name)
 Binding = list[tuple[str, str]]
-Resolver = Callable[[str, str], tuple[ModelInfo, LoadedModel]]
+Resolver = Callable[[str, str], "Loaded"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class PipelineModel:
         self._resolve = resolve
         self.inputs = [TensorSpec(n, ANY_DTYPE, None) for n in spec.inputs]
         self.outputs = [TensorSpec(n, ANY_DTYPE, None) for n in spec.outputs]
+        self.device = "CPU"  # its steps run where they run
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = dict(feed)
@@ -128,11 +131,12 @@ class PipelineModel:
         return {name: tensors[name] for name in self.spec.outputs}
 
     def _run_step(self, step: Step, tensors: dict[str, np.ndarray]) -> None:
-        info, model = self._resolve(step.model, step.version)
-        if info.backend == PIPELINE_BACKEND:
+        loaded = self._resolve(step.model, step.version)
+        model = loaded.model
+        if loaded.info.backend == PIPELINE_BACKEND:
             raise InputError("a pipeline step cannot be another pipeline")
         named = [(name, tensors[tensor]) for name, tensor in step.inputs]
-        feed = bind_inputs(step.model, merge_specs(model.inputs, info.inputs), named)
+        feed = bind_inputs(step.model, loaded.inputs, named)
         try:
             produced = model.run(feed)
         except InferisError:

@@ -23,15 +23,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .defaults import MAX_RANK, MAX_TENSOR_BYTES
 from .errors import TensorError
 
 MAGIC = b"INFT"
 FORMAT_VERSION = 1
 PREFIX_SIZE = 8
 DATA_ALIGNMENT = 16
-MAX_RANK = 8
-# Redis refuses bulk strings over 512 MB by default; stay well inside it.
-MAX_TENSOR_BYTES = 256 * 1024 * 1024
 
 _PREFIX = struct.Struct("<4sBBH")
 
@@ -108,13 +106,26 @@ def _data_offset(header_len: int) -> int:
 
 
 def _check_shape(shape: Any) -> tuple[int, ...]:
+    """A valid shape: at most MAX_RANK non-negative integers whose non-zero
+    dimensions multiply to at most MAX_TENSOR_BYTES elements.
+
+    Zero dimensions do not excuse the others: ``[0, 2**62]`` has no elements
+    but no array library can hold it, so it is refused like any oversize shape
+    (the Functions library applies the same rule).
+    """
     if not isinstance(shape, (list, tuple)):
         raise TensorError("tensor shape must be an array of integers")
     if len(shape) > MAX_RANK:
         raise TensorError(f"tensor rank {len(shape)} exceeds the limit of {MAX_RANK}")
+    product = 1
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
             raise TensorError(f"tensor dimension {dim!r} is not a non-negative integer")
+        product *= max(dim, 1)
+        if product > MAX_TENSOR_BYTES:
+            raise TensorError(
+                f"tensor shape {list(shape)} exceeds the limit of {MAX_TENSOR_BYTES} elements"
+            )
     return tuple(shape)
 
 
@@ -127,8 +138,11 @@ def _element_count(shape: tuple[int, ...]) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def encode_header(dtype_name: str, shape: tuple[int, ...]) -> bytes:
-    """The prefix, msgpack header and padding that precede the data bytes."""
-    header = msgpack.packb([dtype_name, list(shape)])
+    """The prefix, msgpack header and padding that precede the data bytes.
+
+    Cached: the shape is checked once per distinct shape, not per tensor.
+    """
+    header = msgpack.packb([dtype_name, list(_check_shape(shape))])
     offset = _data_offset(len(header))
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header))
     return prefix + header + b"\0" * (offset - PREFIX_SIZE - len(header))
@@ -136,20 +150,21 @@ def encode_header(dtype_name: str, shape: tuple[int, ...]) -> bytes:
 
 def encode_tensor(value: Any, max_bytes: int = MAX_TENSOR_BYTES) -> bytes:
     """Encode an array-like into the tensor value format."""
-    array = np.asarray(value)
+    array = value if type(value) is np.ndarray else np.asarray(value)
     dtype_name = wire_dtype(array.dtype)
-    shape = _check_shape(tuple(int(d) for d in array.shape))
+    header = encode_header(dtype_name, tuple(map(int, array.shape)))
     if dtype_name == STRING_DTYPE:
         items = [_as_text(x) for x in array.reshape(-1).tolist()]
-        data = msgpack.packb(items)
+        data: bytes | memoryview = msgpack.packb(items)
+        size = len(data)
     else:
-        wanted = numpy_dtype(dtype_name)
         # Bytes view: memoryview cannot describe extension dtypes such as bfloat16.
-        data = np.ascontiguousarray(array, dtype=wanted).reshape(-1).view(np.uint8).data
-    size = data.nbytes if isinstance(data, memoryview) else len(data)
+        flat = np.ascontiguousarray(array, dtype=numpy_dtype(dtype_name)).reshape(-1)
+        data = flat.view(np.uint8).data
+        size = data.nbytes
     if size > max_bytes:
         raise TensorError(f"tensor of {size} bytes exceeds the limit of {max_bytes} bytes")
-    return b"".join((encode_header(dtype_name, shape), data))
+    return b"".join((header, data))
 
 
 def _as_text(item: Any) -> str:
@@ -162,6 +177,17 @@ def _as_text(item: Any) -> str:
 
 def parse_header(buf: bytes | memoryview) -> tuple[str, tuple[int, ...], int]:
     """Validate the prefix and header; return (dtype name, shape, data offset)."""
+    dtype_name, shape, offset, _ = _header(buf)
+    return dtype_name, shape, offset
+
+
+# Parsed headers by their bytes: a serving path sees the same few shapes again
+# and again, and parsing msgpack per tensor is the larger part of a decode.
+_HEADERS: dict[bytes, tuple[str, tuple[int, ...], int, np.dtype]] = {}
+_MAX_CACHED_HEADERS = 4096
+
+
+def _header(buf: bytes | memoryview) -> tuple[str, tuple[int, ...], int, np.dtype]:
     view = memoryview(buf)
     if len(view) < PREFIX_SIZE:
         raise TensorError("not an inferis tensor: value too short")
@@ -173,20 +199,27 @@ def parse_header(buf: bytes | memoryview) -> tuple[str, tuple[int, ...], int]:
     offset = _data_offset(header_len)
     if len(view) < offset:
         raise TensorError("corrupt tensor: truncated header")
+    raw = bytes(view[PREFIX_SIZE : PREFIX_SIZE + header_len])
+    known = _HEADERS.get(raw)
+    if known is not None:
+        return known
     try:
-        header = msgpack.unpackb(view[PREFIX_SIZE : PREFIX_SIZE + header_len], raw=False)
+        header = msgpack.unpackb(raw, raw=False)
     except Exception as exc:
         raise TensorError(f"corrupt tensor header: {exc}") from None
     if not isinstance(header, list) or len(header) != 2 or not isinstance(header[0], str):
         raise TensorError("corrupt tensor header: expected [dtype, shape]")
     dtype_name = header[0]
-    numpy_dtype(dtype_name)
-    return dtype_name, _check_shape(header[1]), offset
+    parsed = (dtype_name, _check_shape(header[1]), offset, numpy_dtype(dtype_name))
+    if len(_HEADERS) >= _MAX_CACHED_HEADERS:
+        _HEADERS.clear()
+    _HEADERS[raw] = parsed
+    return parsed
 
 
 def decode_tensor(buf: bytes | memoryview, max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
     """Decode a tensor value; numeric data is a zero-copy, read-only view of ``buf``."""
-    dtype_name, shape, offset = parse_header(buf)
+    dtype_name, shape, offset, dtype = _header(buf)
     count = _element_count(shape)
     payload = len(buf) - offset
     if dtype_name == STRING_DTYPE:
@@ -201,7 +234,6 @@ def decode_tensor(buf: bytes | memoryview, max_bytes: int = MAX_TENSOR_BYTES) ->
         out = np.empty(count, dtype=object)
         out[:] = items
         return out.reshape(shape)
-    dtype = numpy_dtype(dtype_name)
     expected = count * dtype.itemsize
     if expected > max_bytes:
         raise TensorError(f"tensor of {expected} bytes exceeds the limit of {max_bytes} bytes")

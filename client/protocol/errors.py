@@ -65,6 +65,13 @@ class ReplicationError(InferisError):
 
     code = "EREPLICA"
 
+    @classmethod
+    def shortfall(cls, acked: int, wanted: int, timeout_ms: int) -> ReplicationError:
+        return cls(
+            f"written on the primary but acknowledged by {acked} of {wanted} replica(s) "
+            f"within {timeout_ms} ms; it may be lost if the primary fails now"
+        )
+
 
 class DeadLetteredError(InferisError):
     code = "EPOISON"
@@ -112,3 +119,11 @@ def error_from_reply(text: str) -> InferisError | None:
     if code in _BY_CODE:
         return _BY_CODE[code](message)
     return None
+
+
+def translate_error(exc: Exception) -> Exception:
+    """A Redis error reply carrying an inferis code as its exception; others unchanged."""
+    if isinstance(exc, InferisError):
+        return exc
+    mapped = error_from_reply(str(exc))
+    return exc if mapped is None else mapped

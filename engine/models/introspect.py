@@ -13,26 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from inferis.client import Client
-from inferis.client.core import ModelInfo, StoredVersion
+from inferis.client.protocol.models import ModelInfo, StoredVersion, TensorSpec
 
-from .backends.base import ANY_DTYPE, BackendOptions, TensorSpec
-from .backends.registry import load_model
-from .models import UNSAFE_FORMATS
+from ..backends.base import BackendOptions
+from ..backends.registry import load_model
+from .loading import UNSAFE_FORMATS
 from .pipeline import PIPELINE_BACKEND
 from .signature import merge_specs
 
-Spec = dict[str, Any]
-
-
-def _as_declared(specs: Sequence[TensorSpec]) -> list[Spec] | None:
-    """Specs in MODELSTORE's form, or None when any part is unknown."""
-    out = []
-    for spec in specs:
-        if spec.dtype == ANY_DTYPE or spec.dtype.startswith("unsupported:") or spec.shape is None:
-            return None
-        shape = [-1 if d is None else d for d in spec.shape]
-        out.append({"name": spec.name, "dtype": spec.dtype, "shape": shape})
-    return out
+SpecLike = TensorSpec | Mapping[str, Any]
 
 
 def describe(
@@ -42,32 +31,35 @@ def describe(
     format: str = "",
     device: str = "CPU",
     extra: Mapping[str, Any] | None = None,
-    inputs: Sequence[Spec] = (),
-    outputs: Sequence[Spec] = (),
-) -> tuple[list[Spec], list[Spec]]:
+    inputs: Sequence[SpecLike] = (),
+    outputs: Sequence[SpecLike] = (),
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The model's input and output specs, completed by what was declared.
 
     Formats that run code when loaded (pickle) are not opened here: the
     declared specs are returned unchanged.
     """
+    declared_in = [TensorSpec.coerce(s) for s in inputs]
+    declared_out = [TensorSpec.coerce(s) for s in outputs]
     if backend == PIPELINE_BACKEND or format in UNSAFE_FORMATS:
-        return list(inputs), list(outputs)
+        return declared_in, declared_out
     info = ModelInfo(
         name="inspect", version=0, digest=hashlib.sha256(blob).hexdigest(), backend=backend,
-        format=format, device=device, inputs=list(inputs), outputs=list(outputs), batching={},
-        tags={}, extra=dict(extra or {}), created_ms=0, size=len(blob), chunks=1,
+        format=format, device=device, inputs=tuple(declared_in), outputs=tuple(declared_out),
+        extra=dict(extra or {}), size=len(blob),
     )
     # Threads 0: inspecting must not change the calling process's thread settings.
     options = BackendOptions(intra_op_threads=0, inter_op_threads=0)
     model = load_model(blob, info, options)
     try:
-        found_in = _as_declared(merge_specs(model.inputs, inputs))
-        found_out = _as_declared(merge_specs(model.outputs, outputs))
+        found_in = merge_specs(model.inputs, declared_in)
+        found_out = merge_specs(model.outputs, declared_out)
     finally:
         model.close()
     # Declared specs are positional: record all of a side or none of it.
-    return found_in if found_in is not None else list(inputs), (
-        found_out if found_out is not None else list(outputs)
+    return (
+        found_in if all(s.known for s in found_in) else declared_in,
+        found_out if all(s.known for s in found_out) else declared_out,
     )
 
 

@@ -1,0 +1,482 @@
+"""Every public call of the SDK, written once for the sync and the asyncio client.
+
+An operation is a *plan*: a generator that yields the steps it needs and gets
+each result sent back, so it performs no I/O itself (as redis-py writes each
+command once, with a response callback, for both of its clients). A step is
+
+- a :class:`~inferis.client.protocol.commands.Command` (an FCALL) or a
+  :class:`Call` (a plain command): the reply comes back;
+- a :class:`Submit`: a run request; its answer (a ``RunResult``) comes back
+  once a worker has written it.
+
+``Client`` drives a plan on the calling thread and returns its value;
+``AsyncClient`` drives the same plan in a coroutine. They differ only in how
+they move bytes (sync.py, aio.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .inflight import InFlight, RequestIds
+from .protocol import commands, keys
+from .protocol.commands import Command
+from .protocol.defaults import (
+    DEFAULT_TIMEOUT_MS,
+    DEFAULT_TTL_MS,
+    MAX_CALL_BYTES,
+    MAX_CALL_REQUESTS,
+    MAX_TIMEOUT_MS,
+)
+from .protocol.entries import InputSlot, OutputSlot, RunRequest
+from .protocol.errors import ArgumentError, DigestError
+from .protocol.models import ModelInfo, StoredVersion
+from .protocol.replies import RunResult, fill_missing
+from .protocol.tensor import decode_tensor, encode_tensor
+
+T = TypeVar("T")
+Inputs = Mapping[str, Any] | Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A plain Redis command (HGETALL, SCAN, ...), not a Function."""
+
+    args: tuple[Any, ...]
+    writes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """A run to enqueue; the step's result is its answer."""
+
+    request: RunRequest
+    partition: int
+
+    @property
+    def coalescable(self) -> bool:
+        """Whether it can travel in a MODELRUNMANY with other runs (no keys to write)."""
+        r = self.request
+        return r.ephemeral and not r.outputs and all(s.key == "" or s.data is None for s in r.inputs)
+
+
+Step = Command | Call | Submit
+Plan = Generator[Step, Any, T]
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """An input already stored in Redis, passed by key instead of by value.
+
+    The key must carry the partition's hash tag (``{inferis:0}:...``) so the
+    request stays in one slot.
+    """
+
+    key: str
+
+
+def operation(plan: Callable[..., Plan[T]]) -> Callable[..., Any]:
+    """Make a plan a client method: the client's transport performs it."""
+
+    @functools.wraps(plan)
+    def method(self: Operations, *args: Any, **kwargs: Any) -> Any:
+        return self._perform(plan(self, *args, **kwargs))
+
+    return method
+
+
+class Operations:
+    """The SDK's calls; a subclass supplies ``_perform`` (the transport)."""
+
+    def __init__(
+        self,
+        *,
+        partition: int = 0,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        ttl_ms: int = DEFAULT_TTL_MS,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
+        _check_int("partition", partition, 0)
+        _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
+        _check_int("ttl_ms", ttl_ms, 0)
+        _check_int("wait_replicas", wait_replicas, 0)
+        _check_int("wait_timeout_ms", wait_timeout_ms, 0)
+        self.partition = partition
+        self.timeout_ms = timeout_ms
+        self.ttl_ms = ttl_ms
+        # Durability: with wait_replicas > 0 every write is acknowledged only after
+        # that many replicas have it (WAIT), so a failover cannot lose it.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._ids = RequestIds()
+        self._inflight = InFlight(self._ids.client_id, [partition])
+
+    def _perform(self, plan: Plan[T]) -> Any:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- runs
+
+    def _run_request(
+        self,
+        model: str,
+        inputs: Inputs,
+        version: int | str | None,
+        timeout_ms: int | None,
+        keep_keys: bool,
+    ) -> Submit:
+        """A run on inline inputs (or :class:`Ref` to stored tensors); the model decides
+        the outputs. Unless ``keep_keys``, small tensors travel only in the stream
+        entry and the reply: a prediction leaves nothing behind."""
+        _check_model(model)
+        timeout = self._timeout(timeout_ms)
+        rid = self._ids.next()
+        base = keys.partition_tag(self.partition)
+        slots = []
+        for position, (name, value) in enumerate(_named_inputs(inputs)):
+            if isinstance(value, Ref):
+                slots.append(InputSlot(name, self._tagged(value.key, "input")))
+                continue
+            data = value if isinstance(value, bytes) else _encode_input(name, position, value)
+            key = keys.request_key(base, rid, f"in:{position}") if keep_keys else ""
+            slots.append(InputSlot(name, key, data))
+        request = RunRequest(
+            rid, model, _version(version), timeout, self.ttl_ms, not keep_keys, slots
+        )
+        return Submit(request, self.partition)
+
+    def _execute_request(
+        self,
+        model: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        version: int | str | None,
+        input_names: Sequence[str] | None,
+        output_names: Sequence[str] | None,
+        timeout_ms: int | None,
+    ) -> Submit:
+        """A run over stored tensor keys, writing named output keys (RedisAI's MODELEXECUTE)."""
+        _check_model(model)
+        in_keys = _key_list("inputs", inputs)
+        out_keys = _key_list("outputs", outputs)
+        in_names = _names("input_names", input_names, len(in_keys))
+        out_names = _names("output_names", output_names, len(out_keys))
+        request = RunRequest(
+            self._ids.next(), model, _version(version), self._timeout(timeout_ms), self.ttl_ms,
+            False,
+            [InputSlot(n, self._tagged(k, "input")) for n, k in zip(in_names, in_keys, strict=True)],
+            [OutputSlot(n, self._tagged(k, "output")) for n, k in zip(out_names, out_keys, strict=True)],
+        )
+        return Submit(request, self.partition)
+
+    def _answer(self, submit: Submit) -> Plan[RunResult]:
+        """Submit a run and complete its answer (outputs too large to travel inline)."""
+        result: RunResult = yield submit
+        if result.missing and result.error is None:
+            values = yield Call(("MGET", *[result.output_keys[n] for n in result.missing]))
+            fill_missing(result, values)
+        return result
+
+    @operation
+    def run(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int | str | None = None,
+        timeout_ms: int | None = None,
+        keep_keys: bool = False,
+    ) -> Plan[RunResult]:
+        """Run ``model``; the result carries its outputs, or its error in ``result.error``.
+
+        ``version``: a number, ``"latest"`` or an alias. ``keep_keys``: also keep the
+        inputs and outputs as keys (for the client's TTL).
+        """
+        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys)
+        return (yield from self._answer(submit))
+
+    @operation
+    def predict(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: int | str | None = None,
+        timeout_ms: int | None = None,
+        keep_keys: bool = False,
+    ) -> Plan[dict[str, np.ndarray]]:
+        """One call: inputs in, output arrays by name out; errors raise."""
+        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys)
+        result = yield from self._answer(submit)
+        return result.raise_for_error().outputs
+
+    @operation
+    def modelexecute(
+        self,
+        key: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        *,
+        version: int | str | None = None,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> Plan[RunResult]:
+        """Run model ``key`` on stored tensor keys, writing the ``outputs`` keys; errors raise."""
+        submit = self._execute_request(
+            key, inputs, outputs, version, input_names, output_names, timeout_ms
+        )
+        result = yield from self._answer(submit)
+        return result.raise_for_error()
+
+    # ---------------------------------------------------------------- tensors
+
+    @operation
+    def tensorset(self, key: str, tensor: Any) -> Plan[None]:
+        """Store an array (any array-like of a supported dtype) at ``key``."""
+        yield commands.tensorset(_key("key", key), _encode_input("", 0, tensor, what="tensor"))
+
+    @operation
+    def tensorget(self, key: str) -> Plan[np.ndarray]:
+        return decode_tensor((yield commands.tensorget(_key("key", key))))
+
+    # ---------------------------------------------------------------- models
+
+    @operation
+    def modelstore(self, name: str, backend: str, data: bytes, **options: Any) -> Plan[StoredVersion]:
+        """Store a new immutable version; identical content returns the existing one.
+
+        Options: ``device``, ``format``, ``inputs``/``outputs`` (specs), ``batch``
+        (``(max_batch_size, max_queue_delay_us[, preferred sizes])``), ``tags``, ``extra``.
+        """
+        if not isinstance(backend, str) or not backend:
+            raise ArgumentError(f"backend must be a name such as 'onnx', got {backend!r}")
+        reply: Any = None
+        for command in commands.modelstore(name, backend, data, **options):
+            reply = yield command
+        return StoredVersion(name, int(reply[0]), _text(reply[1]), bool(int(reply[2])))
+
+    @operation
+    def pipelinestore(
+        self,
+        name: str,
+        steps: Sequence[Mapping[str, Any]],
+        *,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        tags: Mapping[str, str] | None = None,
+    ) -> Plan[StoredVersion]:
+        """Store a pipeline: models run in sequence on one worker, one request in all.
+
+        Each step is ``{"model": name, "version": n (optional), "inputs": [...] or
+        {model_input: tensor}, "outputs": [...] or {model_output: tensor}}``.
+        """
+        blob = pipeline_blob(inputs, outputs, steps)
+        reply: Any = None
+        for command in commands.modelstore(name, "pipeline", blob, format="json", tags=tags):
+            reply = yield command
+        return StoredVersion(name, int(reply[0]), _text(reply[1]), bool(int(reply[2])))
+
+    @operation
+    def modelget(
+        self, name: str, version: int | str | None = None, *, blob: bool = False
+    ) -> Plan[ModelInfo | tuple[ModelInfo, bytes]]:
+        """A version's metadata (``latest`` by default); with ``blob=True`` also its
+        file, checked against its SHA-256."""
+        info, data = ModelInfo.parse((yield commands.modelget(name, version, blob=blob)))
+        if not blob:
+            return info
+        if data is None or commands.sha256_hex(data) != info.digest:
+            raise DigestError(f"{info.label} blob does not match its digest")
+        return info, data
+
+    @operation
+    def modelversions(self, name: str) -> Plan[list[int]]:
+        return [int(v) for v in (yield commands.modelversions(name))]
+
+    @operation
+    def modeldel(self, name: str, version: int | str | None = None) -> Plan[int]:
+        """Delete one version, or every version of ``name``; returns how many."""
+        return int((yield commands.modeldel(name, version)))
+
+    @operation
+    def modelstats(self, name: str) -> Plan[dict[str, int]]:
+        """Counters workers flush every few seconds: requests, errors, run_us, queue_us."""
+        raw = yield Call(("HGETALL", keys.model_key(name, "stats")))
+        it = iter(raw or ())
+        return {_text(k): int(v) for k, v in zip(it, it, strict=True)}
+
+    @operation
+    def modellist(self) -> Plan[list[str]]:
+        names: set[str] = set()
+        cursor: Any = 0
+        while True:
+            cursor, found = yield Call(
+                ("SCAN", cursor, "MATCH", keys.MODEL_LATEST_PATTERN, "COUNT", 1000)
+            )
+            names.update(keys.model_name_of(k) for k in found)
+            if int(cursor) == 0:
+                return sorted(names)
+
+    @operation
+    def set_max_queue(self, depth: int) -> Plan[None]:
+        """Refuse runs with EBUSY while this many requests are queued (0: no bound)."""
+        _check_int("depth", depth, 0)
+        yield Call(("HSET", keys.partition_config(self.partition), "max_queue", depth), True)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _timeout(self, timeout_ms: int | None) -> int:
+        if timeout_ms is None:
+            return self.timeout_ms
+        _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
+        return timeout_ms
+
+    def _tagged(self, key: str, what: str) -> str:
+        key = _key(what, key)
+        base = keys.partition_tag(self.partition)
+        if keys.base_of(key) != base:
+            raise ArgumentError(
+                f"{what} key {key} must share the hash tag {base} of partition {self.partition} "
+                f"(name it like {base}:features), so the whole request lives in one slot"
+            )
+        return key
+
+
+def enqueue_commands(
+    inflight: InFlight, steps: Sequence[Submit], owners: Sequence[T]
+) -> list[tuple[Command, list[T]]]:
+    """The commands that enqueue ``steps``, each with the owners of its steps.
+
+    Runs that write no keys travel together: one MODELRUNMANY per partition and
+    up to MAX_CALL_REQUESTS requests (or about MAX_CALL_BYTES of tensors), one
+    stream entry and one reply for all of them. The others take a MODELRUN each.
+    """
+    calls: list[tuple[Command, list[T]]] = []
+    groups: dict[int, list[tuple[Submit, T]]] = {}
+    for step, owner in zip(steps, owners, strict=True):
+        if step.coalescable:
+            groups.setdefault(step.partition, []).append((step, owner))
+        else:
+            stream = keys.request_stream(step.partition)
+            reply = inflight.reply_stream(step.partition)
+            calls.append((commands.modelrun(stream, reply, step.request), [owner]))
+    for partition, members in groups.items():
+        stream = keys.request_stream(partition)
+        reply = inflight.reply_stream(partition)
+        chunk: list[tuple[Submit, T]] = []
+        size = 0
+        for member in members:
+            grown = size + member[0].request.payload_bytes()
+            if chunk and (len(chunk) >= MAX_CALL_REQUESTS or grown > MAX_CALL_BYTES):
+                calls.append(_many(stream, reply, chunk))
+                chunk, grown = [], member[0].request.payload_bytes()
+            chunk.append(member)
+            size = grown
+        calls.append(_many(stream, reply, chunk))
+    return calls
+
+
+def _many(stream: str, reply: str, chunk: list[tuple[Submit, T]]) -> tuple[Command, list[T]]:
+    command = commands.modelrunmany(stream, reply, [step.request for step, _ in chunk])
+    return command, [owner for _, owner in chunk]
+
+
+def pipeline_blob(
+    inputs: Sequence[str], outputs: Sequence[str], steps: Sequence[Mapping[str, Any]]
+) -> bytes:
+    """Canonical JSON of a pipeline, so the same pipeline always has the same digest."""
+    doc = {"inputs": list(inputs), "outputs": list(outputs), "steps": list(steps)}
+    try:
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    except TypeError as exc:
+        raise ArgumentError(f"pipeline steps must be JSON data: {exc}") from None
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+        high is not None and value > high
+    ):
+        bound = f" and at most {high}" if high is not None else ""
+        raise ArgumentError(f"{name} must be an integer of at least {low}{bound}, got {value!r}")
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, str) or not keys.is_model_name(model):
+        raise ArgumentError(
+            f"model name {model!r} must be 1-128 characters of letters, digits, _ . -"
+        )
+
+
+def _version(version: int | str | None) -> str:
+    if version is None:
+        return ""
+    if isinstance(version, bool) or not isinstance(version, int | str):
+        raise ArgumentError(f"version must be a number, 'latest' or an alias, got {version!r}")
+    return str(version)
+
+
+def _key(what: str, key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise ArgumentError(f"{what} must be a key name (a non-empty str), got {key!r}")
+    return key
+
+
+def _key_list(what: str, value: Any) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ArgumentError(f"{what} must be a list of key names, got {value!r}")
+    return [_key(f"{what} item", k) for k in value]
+
+
+def _names(what: str, names: Sequence[str] | None, count: int) -> list[str]:
+    if not names:
+        return [""] * count
+    listed = _key_list(what, names)
+    if len(listed) != count:
+        raise ArgumentError(f"{what} must name all {count} keys or be omitted, got {len(listed)}")
+    return listed
+
+
+def _named_inputs(inputs: Inputs) -> list[tuple[str, Any]]:
+    """Inputs as (name, value) pairs; a sequence binds by position (name "")."""
+    if isinstance(inputs, Mapping):
+        for name in inputs:
+            if not isinstance(name, str) or not name:
+                raise ArgumentError(f"inputs: names must be non-empty str, got {name!r}")
+        return list(inputs.items())
+    if isinstance(inputs, np.ndarray):
+        return [("", inputs)]
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
+        raise ArgumentError(
+            "inputs must be a mapping {input name: array} or a sequence of arrays, "
+            f"got {type(inputs).__name__}"
+        )
+    return [("", value) for value in inputs]
+
+
+def _encode_input(name: str, position: int, value: Any, what: str = "") -> bytes:
+    try:
+        return encode_tensor(value)
+    except ArgumentError:
+        raise
+    except Exception as exc:
+        label = what or f"input {name or position}"
+        code = getattr(exc, "code", None)
+        if code:
+            raise type(exc)(f"{label}: {exc.message}") from None  # type: ignore[attr-defined]
+        raise ArgumentError(
+            f"{label} must be an array of a supported dtype, got {type(value).__name__}: {exc}"
+        ) from None

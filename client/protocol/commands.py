@@ -1,0 +1,228 @@
+"""The FCALL of every Function in lua/inferis.lua, built without I/O.
+
+Each builder returns a :class:`Command`; a client sends it and parses the
+reply, a worker does the same for its own internal calls. docs/PROTOCOL.md §4
+describes each Function; keep the three in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import keys
+from .defaults import CHUNK_SIZE
+from .entries import RunRequest, pack_records
+from .errors import ArgumentError
+from .models import Batching, TensorSpec
+
+# Functions that write nothing: FCALL_RO-able, and never followed by WAIT.
+READ_ONLY = frozenset({"TENSORGET", "MODELGET", "INFERIS_VERSION"})
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One FCALL: function name, keys and arguments."""
+
+    function: str
+    keys: list[str]
+    args: list[Any]
+
+    def as_args(self) -> list[Any]:
+        return ["FCALL", self.function, len(self.keys), *self.keys, *self.args]
+
+    @property
+    def writes(self) -> bool:
+        return self.function not in READ_ONLY
+
+
+def sha256_hex(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def tensorset(key: str, encoded: bytes) -> Command:
+    return Command("TENSORSET", [key], ["RAW", encoded])
+
+
+def tensorget(key: str) -> Command:
+    return Command("TENSORGET", [key], [])
+
+
+# ---------------------------------------------------------------- models
+
+
+def _spec_args(word: str, specs: Sequence[TensorSpec | Mapping[str, Any]] | None) -> list[Any]:
+    out: list[Any] = []
+    for raw in specs or ():
+        try:
+            spec = TensorSpec.coerce(raw)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ArgumentError(
+                f"{word.lower()}s: each spec is a TensorSpec or a mapping with "
+                f"'name', 'dtype' and 'shape', got {raw!r}"
+            ) from None
+        shape = ",".join("?" if d is None else str(d) for d in spec.shape or ())
+        out += [word, spec.name, spec.dtype, shape or "scalar"]
+    return out
+
+
+def modelstore(
+    name: str,
+    backend: str,
+    blob: bytes,
+    *,
+    device: str = "CPU",
+    format: str = "",
+    inputs: Sequence[TensorSpec | Mapping[str, Any]] | None = None,
+    outputs: Sequence[TensorSpec | Mapping[str, Any]] | None = None,
+    batch: Batching | Sequence[Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> list[Command]:
+    """The commands that store one version: chunk uploads, then the commit."""
+    if not isinstance(name, str) or not keys.is_model_name(name):
+        raise ArgumentError(f"model name {name!r} must be 1-128 of letters, digits, _ . -")
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise ArgumentError(f"data must be the model file's bytes, not {type(blob).__name__}")
+    blob = bytes(blob)
+    if not blob:
+        raise ArgumentError("model blob is empty")
+    digest = sha256_hex(blob)
+    args: list[Any] = ["BACKEND", backend, "DIGEST", digest, "DEVICE", device]
+    if format:
+        args += ["FORMAT", format]
+    args += _spec_args("INPUT", inputs) + _spec_args("OUTPUT", outputs)
+    try:
+        batching = Batching.coerce(batch)
+    except (TypeError, ValueError):
+        raise ArgumentError(
+            f"batch must be (max_batch_size, max_queue_delay_us[, preferred sizes]), got {batch!r}"
+        ) from None
+    if batching is not None:
+        args += ["BATCH", batching.max_batch_size, batching.max_queue_delay_us]
+        if batching.preferred_sizes:
+            args += ["PREFERRED", ",".join(str(n) for n in batching.preferred_sizes)]
+    if tags is not None and not isinstance(tags, Mapping):
+        raise ArgumentError(f"tags must be a mapping of strings, got {type(tags).__name__}")
+    for k, v in (tags or {}).items():
+        args += ["TAG", str(k), str(v)]
+    if extra:
+        if not isinstance(extra, Mapping):
+            raise ArgumentError(f"extra must be a mapping, got {type(extra).__name__}")
+        args += ["META", json.dumps(dict(extra))]
+    commands: list[Command] = []
+    if len(blob) <= chunk_size:
+        args += ["BLOB", blob]
+    else:
+        view = memoryview(blob)
+        starts = range(0, len(blob), chunk_size)
+        for index, start in enumerate(starts):
+            chunk = bytes(view[start : start + chunk_size])
+            commands.append(
+                Command("MODELCHUNK", [name], ["DIGEST", digest, "INDEX", index, "BLOB", chunk])
+            )
+        args += ["CHUNKS", len(starts)]
+    commands.append(Command("MODELSTORE", [name], args))
+    return commands
+
+
+def modelget(name: str, version: int | str | None = None, *, blob: bool = False) -> Command:
+    args: list[Any] = ["META"]
+    if version is not None:
+        args += ["VERSION", str(version)]
+    if blob:
+        args.append("BLOB")
+    return Command("MODELGET", [name], args)
+
+
+def modelversions(name: str) -> Command:
+    return Command("MODELGET", [name], ["VERSIONS"])
+
+
+def modeldel(name: str, version: int | str | None = None) -> Command:
+    return Command("MODELDEL", [name], [] if version is None else ["VERSION", str(version)])
+
+
+def library_version() -> Command:
+    return Command("INFERIS_VERSION", [], [])
+
+
+# ---------------------------------------------------------------- runs
+
+
+def modelrun(stream: str, reply: str, request: RunRequest) -> Command:
+    """One request with every option of MODELRUN: stored inputs, named output keys,
+    inputs kept as keys (the form redis-cli users type)."""
+    ins, outs = request.inputs, request.outputs
+    args: list[Any] = ["MODEL", request.model, "INPUTS", len(ins), "OUTPUTS", len(outs)]
+    if any(s.name for s in ins):
+        args += ["INNAMES", *[s.name for s in ins]]
+    if any(s.name for s in outs):
+        args += ["OUTNAMES", *[s.name for s in outs]]
+    for position, slot in enumerate(ins, start=1):
+        if slot.data is not None:
+            args += ["DATA", position, slot.data]
+    args += ["TIMEOUT", request.timeout_ms, "TTL", request.ttl_ms, "ID", request.rid]
+    if reply:
+        args += ["REPLYTO", reply]
+    if request.version:
+        args += ["VERSION", request.version]
+    if request.ephemeral:
+        args.append("EPHEMERAL")
+    return Command("MODELRUN", [stream, *[s.key for s in ins], *[s.key for s in outs]], args)
+
+
+def modelrunmany(stream: str, reply: str, requests: Sequence[RunRequest]) -> Command:
+    """Many requests of one caller in one call and one stream entry. Inputs travel
+    inline or by key (declared, so the Function reads them as the caller);
+    outputs come back in the reply."""
+    refs = sorted({s.key for r in requests for s in r.inputs if s.data is None})
+    return Command(
+        "MODELRUNMANY",
+        [stream, keys.config_of(stream), reply, *refs],
+        [len(requests), pack_records(requests)],
+    )
+
+
+# ---------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write of a completion: XADD (``X``), RPUSH (``L``) or SET (``S``) with a TTL."""
+
+    op: str
+    key: str
+    ttl_ms: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How one entry ends: acknowledged with its writes, dead-lettered if ``reason``."""
+
+    entry_id: str
+    requests: int
+    writes: Sequence[Write]
+    reason: str = ""
+    deliveries: int = 1
+
+
+def complete(stream: str, settlements: Sequence[Settlement]) -> Command:
+    """``_INFERIS_COMPLETE``: for each entry, acknowledge first and write only if that
+    acknowledged something, so a request run twice is answered once."""
+    call_keys = [stream, keys.deadletter_of(stream), keys.config_of(stream)]
+    args: list[Any] = [len(settlements)]
+    for s in settlements:
+        args += [s.entry_id, s.requests, s.reason, s.deliveries, len(s.writes)]
+        for w in s.writes:
+            call_keys.append(w.key)
+            args += [w.op, w.ttl_ms, w.value]
+    return Command("_INFERIS_COMPLETE", call_keys, args)

@@ -1,0 +1,51 @@
+"""Every number and name the client, the worker and the Functions library agree on.
+
+One place, as rq keeps ``rq/defaults.py``: change a value here and in
+``lua/inferis.lua`` (a unit test checks that the two agree), and say so in
+docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------- names
+
+GROUP = "inferis"  # the consumer group of every request stream
+MODELS_CHANNEL = "inferis:models"  # MODELSTORE / MODELDEL publish the model name here
+FUNCTION_LIBRARY = "inferis"  # FUNCTION LOAD name of lua/inferis.lua
+
+# ---------------------------------------------------------------- runs
+
+DEFAULT_TIMEOUT_MS = 30_000  # a request's deadline when the caller names none
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+DEFAULT_TTL_MS = 3_600_000  # how long keys a run writes (large outputs, replies) live
+# How long after its deadline a caller still waits for the worker's own
+# EDEADLINE answer before giving up locally (NoAnswerError).
+REPLY_GRACE_S = 0.5
+# Tensors up to this size travel inside the request entry and the reply, so
+# neither side needs another round trip; larger ones are read by key.
+INLINE_LIMIT = 256 * 1024
+
+# A client coalesces concurrent runs into one MODELRUNMANY call of at most
+# this many requests and about this many bytes of tensors.
+MAX_CALL_REQUESTS = 256
+MAX_CALL_BYTES = 8 * 1024 * 1024
+
+# ---------------------------------------------------------------- tensors
+
+MAX_RANK = 8
+# Redis refuses bulk strings over 512 MB by default; stay well inside it.
+MAX_TENSOR_BYTES = 256 * 1024 * 1024
+
+# ---------------------------------------------------------------- models
+
+# Model blobs above this size are uploaded in chunks (MODELCHUNK), so no single
+# command carries hundreds of megabytes.
+CHUNK_SIZE = 16 * 1024 * 1024
+STAGING_TTL_MS = 3_600_000  # an upload that never commits is gone after this
+MAX_MODEL_NAME = 128
+
+# ---------------------------------------------------------------- replies
+
+REPLY_READ_COUNT = 1024  # reply entries a client reads per XREAD
+REPLY_READ_BLOCK_MS = 1000
+DEADLETTER_MAXLEN = 10_000  # the dead-letter stream is trimmed (MAXLEN ~) to this

@@ -1,0 +1,106 @@
+"""Every key name. All keys of one request share the hash tag of its partition.
+
+A partition ``p`` has the hash tag ``{inferis:p}``; in Redis Cluster all its
+keys (request stream, reply streams, request tensors, dead letters) live in
+one slot, so a run touches one shard. Model keys use the model name as their
+hash tag: ``inferis:{<name>}:...``.
+"""
+
+from __future__ import annotations
+
+import re
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+# ---------------------------------------------------------------- hash tags
+
+
+def hash_tag(key: str) -> str | None:
+    """The tag as Redis Cluster finds it: between the first ``{`` and the next ``}``."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def base_of(key: str) -> str:
+    """The ``{tag}`` prefix keys created next to ``key`` share (``key`` itself if untagged)."""
+    tag = hash_tag(key)
+    return key if tag is None else "{" + tag + "}"
+
+
+def partition_tag(partition: int) -> str:
+    return f"{{inferis:{partition}}}"
+
+
+# ---------------------------------------------------------------- partition keys
+
+
+def request_stream(partition: int = 0) -> str:
+    return f"{partition_tag(partition)}:requests"
+
+
+def deadletter_stream(partition: int = 0) -> str:
+    return f"{partition_tag(partition)}:deadletter"
+
+
+def partition_config(partition: int = 0) -> str:
+    """Hash: ``max_queue`` (set by the operator) and ``queued`` (kept by the Functions)."""
+    return f"{partition_tag(partition)}:config"
+
+
+def reply_stream(partition: int, client_id: str) -> str:
+    return f"{partition_tag(partition)}:replies:{client_id}"
+
+
+def request_key(base: str, rid: str, part: str) -> str:
+    """A key owned by one request, e.g. ``request_key("{inferis:0}", rid, "out:Y")``."""
+    return f"{base}:r:{rid}:{part}"
+
+
+def done_list(base: str, rid: str) -> str:
+    """Where a request without a reply stream is answered (one JSON line)."""
+    return request_key(base, rid, "done")
+
+
+def output_key(base: str, rid: str, name: str) -> str:
+    """Where an output the caller did not name a key for is written."""
+    return request_key(base, rid, f"out:{name}")
+
+
+def config_of(stream: str) -> str:
+    """The config hash beside a request stream."""
+    return f"{base_of(stream)}:config"
+
+
+def deadletter_of(stream: str) -> str:
+    return f"{base_of(stream)}:deadletter"
+
+
+# ---------------------------------------------------------------- model keys
+
+
+def model_key(name: str, part: str) -> str:
+    return f"inferis:{{{name}}}:{part}"
+
+
+def model_name_of(key: bytes | str) -> str:
+    """The model name inside an ``inferis:{<name>}:...`` key."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text[text.index("{") + 1 : text.rindex("}")]
+
+
+MODEL_LATEST_PATTERN = "inferis:{*}:latest"  # one key per model that has a version
+
+
+def is_model_name(name: str) -> bool:
+    return bool(_MODEL_NAME.match(name))
+
+
+def is_request_id(rid: str) -> bool:
+    return bool(_REQUEST_ID.match(rid))

@@ -1,0 +1,133 @@
+"""``inferis model store|list|get|del|stats``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from inferis.client import Client
+from inferis.client.protocol.errors import ArgumentError
+
+from ..backends.savedmodel import pack_saved_model
+from ..models.introspect import store_model
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    model = sub.add_parser("model", parents=[common], help="store, list, show and delete models")
+    model.add_argument("--redis", default="redis://localhost:6379")
+    model.set_defaults(handler=cmd_model)
+    msub = model.add_subparsers(dest="model_command", required=True)
+    store = msub.add_parser("store", parents=[common], help="store a model file as a new version")
+    store.add_argument("name")
+    store.add_argument("file", type=Path)
+    store.add_argument("--backend", default="onnx")
+    store.add_argument("--format", default="")
+    store.add_argument("--device", default="CPU")
+    store.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    store.add_argument("--input", action="append", default=[], metavar="NAME:DTYPE:SHAPE",
+                       help="declare an input, e.g. X:float32:-1,4 (repeat in order)")
+    store.add_argument("--output", action="append", default=[], metavar="NAME:DTYPE:SHAPE")
+    store.add_argument("--meta", default="", help="extra metadata as a JSON object")
+    store.add_argument("--batch", default="", metavar="MAX,DELAY_US[,PREFERRED...]",
+                       help="dynamic batching, e.g. 64,500 or 64,500,16,32")
+    store.add_argument("--no-inspect", action="store_true",
+                       help="do not load the model here to record its signature")
+    msub.add_parser("list", parents=[common], help="list model names")
+    get = msub.add_parser("get", parents=[common], help="show a version's metadata")
+    get.add_argument("name")
+    get.add_argument("--version")
+    delete = msub.add_parser(
+        "del", parents=[common], help="delete one version or the whole model"
+    )
+    delete.add_argument("name")
+    delete.add_argument("--version")
+    stats = msub.add_parser(
+        "stats", parents=[common], help="requests, errors and mean times per model"
+    )
+    stats.add_argument("names", nargs="*", help="models (default: all)")
+
+
+def _batch(text: str) -> tuple[int, int] | tuple[int, int, list[int]] | None:
+    if not text:
+        return None
+    try:
+        size, delay, *preferred = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ArgumentError(f"--batch takes MAX,DELAY_US[,PREFERRED...], got {text!r}") from None
+    return (size, delay, preferred) if preferred else (size, delay)
+
+
+def _spec(text: str) -> dict[str, Any]:
+    """``X:float32:-1,4`` -> a declared tensor spec (an empty shape is a scalar)."""
+    try:
+        name, dtype, shape = text.split(":")
+        dims = [int(d) for d in shape.split(",") if d.strip()]
+    except ValueError:
+        raise ArgumentError(f"bad tensor spec {text!r}; expected NAME:DTYPE:SHAPE") from None
+    return {"name": name, "dtype": dtype, "shape": dims}
+
+
+def _meta(text: str) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArgumentError(f"--meta must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ArgumentError("--meta must be a JSON object")
+    return value
+
+
+def _store(client: Client, ns: argparse.Namespace) -> None:
+    bad_tags = [t for t in ns.tag if "=" not in t]
+    if bad_tags:
+        raise ArgumentError(f"--tag takes KEY=VALUE, got {bad_tags[0]!r}")
+    options: dict[str, Any] = {
+        "format": ns.format,
+        "device": ns.device,
+        "tags": dict(t.split("=", 1) for t in ns.tag),
+        "batch": _batch(ns.batch),
+        "inputs": [_spec(text) for text in ns.input],
+        "outputs": [_spec(text) for text in ns.output],
+        "extra": _meta(ns.meta),
+    }
+    # A directory is a TensorFlow SavedModel: packed into one deterministic tar.
+    blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
+    if ns.no_inspect:
+        stored = client.modelstore(ns.name, ns.backend, blob, **options)
+    else:
+        stored = store_model(client, ns.name, ns.backend, blob, **options)
+    state = "stored" if stored.created else "already stored"
+    print(f"{stored.name} version {stored.version} {state} (sha256 {stored.digest})")
+
+
+def _stats(client: Client, names: list[str]) -> None:
+    print(f"{'model':24} {'requests':>10} {'errors':>8} {'mean run':>10} {'mean wait':>10}")
+    for name in names or client.modellist():
+        s = client.modelstats(name)
+        n = max(1, s.get("requests", 0))
+        ok = max(1, s.get("requests", 0) - s.get("errors", 0))  # only runs have run time
+        run_ms, wait_ms = s.get("run_us", 0) / ok / 1000, s.get("queue_us", 0) / n / 1000
+        print(
+            f"{name:24} {s.get('requests', 0):>10} {s.get('errors', 0):>8} "
+            f"{run_ms:>8.3f}ms {wait_ms:>8.3f}ms"
+        )
+
+
+def cmd_model(ns: argparse.Namespace) -> int:
+    with Client(ns.redis) as client:
+        if ns.model_command == "store":
+            _store(client, ns)
+        elif ns.model_command == "list":
+            for name in client.modellist():
+                print(name)
+        elif ns.model_command == "get":
+            print(json.dumps(client.modelget(ns.name, ns.version).as_dict(), indent=2))
+        elif ns.model_command == "del":
+            print(f"deleted {client.modeldel(ns.name, ns.version)} version(s)")
+        elif ns.model_command == "stats":
+            _stats(client, ns.names)
+    return 0

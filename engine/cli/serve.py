@@ -1,0 +1,134 @@
+"""``inferis up``, ``inferis worker``, ``inferis demo``: start things and keep them running."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from inferis.client.connection import sync_connection
+from inferis.lua import ensure_library
+
+from ..config import WorkerConfig, add_worker_arguments, worker_argv
+from ..local.embedded import EmbeddedRedis
+from ..local.supervisor import WorkerPool
+from ..serving.worker import Worker
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    up = sub.add_parser(
+        "up", parents=[common], help="start Redis (unless --redis) and workers; Ctrl-C stops all"
+    )
+    up.add_argument("--redis", help="use this Redis instead of starting a private one")
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument(
+        "--data-dir", default="inferis-data", help="where the private Redis keeps its AOF"
+    )
+    up.add_argument("--port", type=int, default=0, help="port for the private Redis (0: any free)")
+    up.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
+    add_worker_arguments(up)
+    up.set_defaults(handler=cmd_up)
+
+    worker = sub.add_parser("worker", parents=[common], help="run one worker process")
+    worker.add_argument("--redis", default="redis://localhost:6379")
+    worker.add_argument("--consumer", default="", help="consumer name (default: host-pid-random)")
+    add_worker_arguments(worker)
+    worker.set_defaults(handler=cmd_worker)
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="serve a scikit-learn model end to end and print results"
+    )
+    demo.add_argument("--redis", help="use this Redis instead of starting a private one")
+    demo.add_argument("--workers", type=int, default=2)
+    add_worker_arguments(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+    lib = sub.add_parser(
+        "load-library", parents=[common], help="load the Functions library into a Redis"
+    )
+    lib.add_argument("--redis", default="redis://localhost:6379")
+    lib.set_defaults(handler=cmd_load_library)
+
+
+def _child_argv(ns: argparse.Namespace) -> list[str]:
+    """What each worker process of ``up``/``demo`` is started with."""
+    return [*worker_argv(WorkerConfig.from_args(ns)), "--log-level", ns.log_level]
+
+
+def _serve_forever(pool: WorkerPool) -> None:
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop:
+        pool.watch()
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running(
+    redis_url: str | None,
+    workers: int,
+    worker_args: Sequence[str],
+    data_dir: Path,
+    port: int = 0,
+    appendfsync: str = "everysec",
+    metrics_base_port: int = 0,
+) -> Iterator[tuple[str, WorkerPool]]:
+    """Redis (private unless a URL is given) plus workers; everything stops on exit."""
+    server = None
+    if redis_url is None:
+        server = EmbeddedRedis(data_dir, port=port or None, appendfsync=appendfsync)
+        redis_url = server.start()
+    pool = WorkerPool(redis_url, workers, worker_args, metrics_base_port)
+    try:
+        conn = sync_connection(redis_url)
+        ensure_library(conn)
+        conn.close()
+        pool.start()
+        yield redis_url, pool
+    finally:
+        pool.stop()
+        if server is not None:
+            server.stop()
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    with running(
+        ns.redis, ns.workers, _child_argv(ns), Path(ns.data_dir), ns.port, ns.appendfsync,
+        ns.metrics_port,
+    ) as (url, pool):
+        print(f"inferis is up: {url} ({ns.workers} workers). Ctrl-C stops it.", flush=True)
+        _serve_forever(pool)
+    print("inferis stopped.", flush=True)
+    return 0
+
+
+def cmd_worker(ns: argparse.Namespace) -> int:
+    Worker(WorkerConfig.from_args(ns, redis_url=ns.redis, consumer=ns.consumer)).run()
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    with tempfile.TemporaryDirectory(prefix="inferis-demo-") as tmp, running(
+        ns.redis, ns.workers, _child_argv(ns), Path(tmp), metrics_base_port=ns.metrics_port
+    ) as (url, _):
+        print(f"inferis is up: {url} ({ns.workers} workers)", flush=True)
+        run_demo(url)
+    return 0
+
+
+def cmd_load_library(ns: argparse.Namespace) -> int:
+    loaded = ensure_library(sync_connection(ns.redis))
+    print("library loaded" if loaded else "library already current")
+    return 0

@@ -1,0 +1,116 @@
+"""WorkerConfig: the one source of a worker's settings, their defaults, flags and help.
+
+``inferis worker`` and ``inferis up`` build their options from these fields,
+and ``up`` hands them on to each worker process with :func:`worker_argv`, so a
+new setting is written here once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends.base import BackendOptions
+
+
+def _opt(default: Any, help: str, **argparse_options: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
+@dataclass
+class WorkerConfig:
+    redis_url: str = field(default="redis://localhost:6379", metadata={"cli": False})
+    consumer: str = field(default="", metadata={"cli": False})
+    partitions: str = _opt("0", "comma-separated partitions to serve")
+    device: str = _opt("CPU", "device this worker serves (CPU, GPU:0)")
+    intra_op_threads: int = _opt(1, "threads per model run (0: the framework's default)")
+    inter_op_threads: int = _opt(1, "threads across independent ops of one run")
+    read_count: int = _opt(64, "stream entries read per XREADGROUP")
+    block_ms: int = _opt(500, "how long one XREADGROUP waits for work")
+    claim_idle_ms: int = _opt(30_000, "reclaim requests another worker left pending this long")
+    max_deliveries: int = _opt(3, "dead-letter a request delivered more often than this")
+    max_models: int = _opt(32, "loaded models kept in memory")
+    trust_unsafe_formats: bool = _opt(
+        False, "allow model formats that run code on load (pickle)", action="store_true"
+    )
+    isolate_backends: bool = _opt(
+        False, "run models in a child process, so a run past its timeout is cut off",
+        action="store_true",
+    )
+    run_timeout_ms: int = _opt(
+        30_000, "with --isolate-backends: a run's execution timeout unless the model's META "
+        "timeout_ms says otherwise",
+    )
+    backend_option: list[str] = field(default_factory=list, metadata={
+        "help": "backend option KEY=VALUE, e.g. skops_trusted=pkg.Class,pkg.func (repeatable)",
+        "action": "append", "metavar": "KEY=VALUE",
+    })
+    metrics_addr: str = _opt("127.0.0.1", "address the /metrics endpoint listens on")
+    metrics_port: int = _opt(
+        0, "serve Prometheus /metrics on this port (0: off); with up/demo, worker i uses port + i"
+    )
+
+    @property
+    def partition_list(self) -> list[int]:
+        return [int(p) for p in self.partitions.split(",") if p.strip()]
+
+    def backend_options(self) -> BackendOptions:
+        return BackendOptions(
+            device=self.device,
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            trust_unsafe_formats=self.trust_unsafe_formats,
+            extra=_pairs(self.backend_option),
+        )
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace, **overrides: Any) -> WorkerConfig:
+        values = {f.name: getattr(ns, f.name) for f in _cli_fields() if hasattr(ns, f.name)}
+        config = cls(**values, **overrides)
+        config.partition_list  # noqa: B018 - refuse a bad list now, not in the loop
+        _pairs(config.backend_option)
+        return config
+
+
+def _cli_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(WorkerConfig) if f.metadata.get("cli", True)]
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every WorkerConfig setting as a ``--flag`` with its default and help."""
+    for f in _cli_fields():
+        options = {k: v for k, v in f.metadata.items() if k != "cli"}
+        flag = "--" + f.name.replace("_", "-")
+        if options.get("action") in ("store_true", "append"):
+            default = [] if options["action"] == "append" else False
+            parser.add_argument(flag, default=default, **options)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, **options)
+
+
+def worker_argv(config: WorkerConfig) -> list[str]:
+    """The flags that give a worker process ``config`` (all but URL and consumer)."""
+    argv: list[str] = []
+    for f in _cli_fields():
+        flag, value = "--" + f.name.replace("_", "-"), getattr(config, f.name)
+        if f.metadata.get("action") == "store_true":
+            argv += [flag] if value else []
+        elif f.metadata.get("action") == "append":
+            for item in value:
+                argv += [flag, str(item)]
+        elif f.name != "metrics_port":  # each worker gets a port of its own
+            argv += [flag, str(value)]
+    return argv
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the CLI prints it as one ``error:`` line."""
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    bad = [p for p in items if "=" not in p]
+    if bad:
+        raise ConfigError(f"--backend-option takes KEY=VALUE, got {bad[0]!r}")
+    return dict(p.split("=", 1) for p in items)

@@ -1,0 +1,2 @@
+"""What ``inferis up`` starts on one machine: ``embedded`` (a private redis-server)
+and ``supervisor`` (worker processes)."""

@@ -1,0 +1,141 @@
+"""The worker's model cache: name/version -> metadata -> loaded model by content.
+
+Numbered versions are immutable, so their metadata is cached until the
+version is deleted. ``latest`` and aliases move, so they are re-resolved when
+a MODELSTORE/MODELDEL notice arrives on the ``inferis:models`` channel, and
+after a short TTL in case a notice was missed. Loaded models are keyed by
+what determines them (the digest and the load options), and every load
+verifies the blob's SHA-256 (loading.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import redis
+
+from inferis.client.protocol import commands, keys
+from inferis.client.protocol.errors import InferisError, ModelNotFoundError, translate_error
+from inferis.client.protocol.models import ModelInfo
+
+from .. import metrics
+from ..backends.base import BackendOptions
+from ..isolation.runner import IsolatedRunner
+from .loading import PIPELINE_BACKEND, Loaded, fetch_blob, load_backend_model, signature_of
+from .pipeline import PipelineModel, parse_pipeline
+
+MOVING_REF_TTL_S = 5.0
+FAILED_LOAD_TTL_S = 30.0
+
+# digest, backend, format, device, and the load options a backend reads from the
+# metadata (declared specs, extra): the same bytes can load as different models.
+LoadKey = tuple[str, str, str, str, str]
+
+
+def load_key(info: ModelInfo) -> LoadKey:
+    options = json.dumps(
+        [[s.to_wire() for s in info.inputs], [s.to_wire() for s in info.outputs], info.extra],
+        sort_keys=True, default=str,
+    )
+    return (info.digest, info.backend, info.format, info.device, options)
+
+
+@dataclass
+class _Resolved:
+    info: ModelInfo
+    expires: float  # monotonic; inf for a numbered version
+
+
+class ModelCache:
+    def __init__(
+        self,
+        conn: redis.Redis,
+        options: BackendOptions,
+        max_models: int = 32,
+        runner: IsolatedRunner | None = None,
+    ) -> None:
+        self._redis = conn
+        self._options = options
+        self._max_models = max_models
+        # With a runner, models load and run in its child process (cut off when hung).
+        self._runner = runner
+        self._resolved: dict[tuple[str, str], _Resolved] = {}
+        self._loaded: OrderedDict[LoadKey, Loaded] = OrderedDict()
+        self._failed: dict[LoadKey, tuple[InferisError, float]] = {}
+        self._load_keys: dict[tuple[str, int, str], LoadKey] = {}
+        self.loads = 0
+
+    def rebind(self, conn: redis.Redis) -> None:
+        """Use a new connection (after a reconnect) and drop moving resolutions."""
+        self._redis = conn
+        self.invalidate()
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget resolutions of ``name`` (or all): a version was stored or deleted."""
+        if name is None:
+            self._resolved.clear()
+            return
+        for key in [k for k in self._resolved if k[0] == name]:
+            del self._resolved[key]
+
+    def resolve(self, name: str, version: str) -> ModelInfo:
+        if not keys.is_model_name(name):
+            raise ModelNotFoundError(f"{name!r} is not a valid model name")
+        now = time.monotonic()
+        cached = self._resolved.get((name, version))
+        if cached is not None and cached.expires > now:
+            return cached.info
+        command = commands.modelget(name, version or None)
+        try:
+            reply = self._redis.execute_command("FCALL_RO", *command.as_args()[1:])
+        except redis.ResponseError as exc:
+            raise translate_error(exc) from None
+        info, _ = ModelInfo.parse(reply)
+        fixed = version.isdigit()
+        self._resolved[(name, version)] = _Resolved(
+            info, float("inf") if fixed else now + MOVING_REF_TTL_S
+        )
+        return info
+
+    def load(self, info: ModelInfo) -> Loaded:
+        # A numbered version's metadata never changes: its load key is computed once.
+        ident = (info.name, info.version, info.digest)
+        key = self._load_keys.get(ident)
+        if key is None:
+            key = self._load_keys[ident] = load_key(info)
+        loaded = self._loaded.get(key)
+        if loaded is not None:
+            self._loaded.move_to_end(key)
+            return loaded if loaded.info is info else Loaded(
+                info, loaded.model, loaded.inputs, loaded.outputs
+            )
+        failed = self._failed.get(key)
+        if failed is not None and failed[1] > time.monotonic():
+            raise failed[0]
+        try:
+            loaded = signature_of(info, self._load_uncached(info, key))
+        except InferisError as exc:
+            self._failed[key] = (exc, time.monotonic() + FAILED_LOAD_TTL_S)
+            metrics.MODEL_LOAD_FAILURES.labels(info.name, exc.code).inc()
+            raise
+        self._loaded[key] = loaded
+        self.loads += 1
+        metrics.MODEL_LOADS.labels(info.name, str(info.version), info.backend).inc()
+        while len(self._loaded) > self._max_models:
+            # Dropped, not closed: a request being prepared may still hold it; the
+            # model is released when the last holder lets go (backends that hold
+            # files clean up on collection).
+            self._loaded.popitem(last=False)
+        return loaded
+
+    def resolve_and_load(self, name: str, version: str) -> Loaded:
+        return self.load(self.resolve(name, version))
+
+    def _load_uncached(self, info: ModelInfo, key: LoadKey):  # type: ignore[no-untyped-def]
+        if info.backend == PIPELINE_BACKEND:
+            spec = parse_pipeline(fetch_blob(self._redis, info))
+            return PipelineModel(info.name, spec, self.resolve_and_load)
+        return load_backend_model(self._redis, info, self._options, self._runner, key)

@@ -1,0 +1,320 @@
+"""The worker process: read requests from partition streams, run them, answer.
+
+A cycle reads a batch (``read_batch``), admits its entries (admission.py),
+prepares and runs the requests (executor.py) and settles the batch
+(completion.py): one ``_INFERIS_COMPLETE`` call that acknowledges each entry
+and writes its answers atomically. That call travels in the same round trip
+as the next read, so an idle worker costs one round trip per batch.
+
+Delivery is at-least-once: an entry is acknowledged only with its answers,
+so a worker that dies leaves it pending, and live workers reclaim entries
+idle longer than ``claim_idle_ms`` (XAUTOCLAIM). An entry delivered more than
+``max_deliveries`` times is dead-lettered and its callers told. Redis going
+away is waited out, never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from inferis.client.connection import sync_connection
+from inferis.client.protocol import keys
+from inferis.client.protocol.backoff import Backoff
+from inferis.client.protocol.commands import Command
+from inferis.client.protocol.defaults import GROUP, MODELS_CHANNEL
+from inferis.lua import ensure_library
+
+from .. import metrics
+from ..config import WorkerConfig
+from ..isolation.runner import IsolatedRunner
+from ..models.cache import ModelCache
+from .admission import Admitted, RawEntry, admit
+from .collector import batch_delay_us
+from .completion import record, settle
+from .executor import Executor
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.consumer = config.consumer or default_consumer_name()
+        self.streams = [keys.request_stream(p) for p in config.partition_list]
+        self._stopping = False
+        self._redis: redis.Redis | None = None
+        self._pubsub: Any = None
+        self._cache: ModelCache | None = None
+        self._executor: Executor | None = None
+        self._clock_offset_ms = 0.0
+        self._next_reclaim = 0.0
+        self._stats = metrics.ModelStats()
+        self._runner = (
+            IsolatedRunner(config.backend_options(), config.run_timeout_ms)
+            if config.isolate_backends else None
+        )
+        # Completions not yet sent: they go out with the next read (idempotent, so
+        # resent after a reconnect).
+        self._unsent: list[Command] = []
+        self.served = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self, *_: object) -> None:
+        """Finish the batch in hand, answer it, then exit (SIGTERM/SIGINT)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        if self.config.metrics_port:
+            metrics.serve(self.config.metrics_port, self.config.metrics_addr)
+        log.info("worker %s serving %s", self.consumer, ", ".join(self.streams))
+        backoff = Backoff(first=0.1, cap=2.0)
+        while not self._stopping or self._unsent:
+            try:
+                if self._redis is None:
+                    self.connect()
+                if self._stopping:
+                    self.send_completions()
+                else:
+                    self.work()
+                backoff.reset()
+            except _REDIS_DOWN as exc:
+                self.pause(backoff, "redis unavailable (%s)", exc)
+                if self._redis is not None:
+                    metrics.REDIS_DISCONNECTS.inc()
+                self.disconnect()
+            except redis.ResponseError as exc:
+                # e.g. someone replaced the request stream with another type: say so
+                # loudly and keep trying; a worker never dies of what is in Redis.
+                self.pause(backoff, "redis refused a worker command (%s)", exc)
+            except Exception:
+                # A bug must not take the worker down: what it held stays pending
+                # in Redis and is reclaimed, by this worker or another.
+                log.exception("unexpected error in the worker loop")
+                self.disconnect()
+                self.pause(backoff, "restarting the worker loop%s", "")
+            if self._stopping and self._unsent and self._redis is None:
+                break  # Redis is away while stopping: the entries stay pending
+        if self._runner is not None:
+            self._runner.close()
+        self.flush_stats_before_exit()
+        self.disconnect()
+        log.info("worker %s stopped after serving %d requests", self.consumer, self.served)
+
+    def pause(self, backoff: Backoff, message: str, detail: object) -> None:
+        delay = backoff.next()
+        log.warning(message + "; retrying in %.1fs", detail, delay)
+        time.sleep(delay)
+
+    def connection(self) -> redis.Redis:
+        return sync_connection(
+            self.config.redis_url,
+            socket_timeout=max(5.0, self.config.block_ms / 1000 + 5),
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+        )
+
+    def connect(self) -> None:
+        conn = self.connection()
+        ensure_library(conn)
+        self.ensure_groups(conn)
+        sec, usec = conn.time()
+        self._clock_offset_ms = sec * 1000 + usec / 1000 - time.time() * 1000
+        pubsub = conn.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(MODELS_CHANNEL)
+        self._redis, self._pubsub = conn, pubsub
+        if self._cache is None:
+            self._cache = ModelCache(
+                conn, self.config.backend_options(), self.config.max_models, self._runner
+            )
+        else:
+            self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
+        self._executor = Executor(conn, self._cache)
+        log.info("connected to %s", self.config.redis_url)
+
+    def disconnect(self) -> None:
+        for closeable in (self._pubsub, self._redis):
+            if closeable is not None:
+                with contextlib.suppress(Exception):  # already broken: nothing to release
+                    closeable.close()
+        self._redis = self._pubsub = None
+
+    def ensure_groups(self, conn: redis.Redis) -> None:
+        for stream in self.streams:
+            try:
+                # From id 0: requests enqueued before any worker existed are served.
+                conn.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            # Visible in XINFO CONSUMERS from the start, not only after a first delivery.
+            conn.xgroup_createconsumer(stream, GROUP, self.consumer)
+
+    def flush_stats_before_exit(self) -> None:
+        if self._redis is not None:
+            with contextlib.suppress(*_REDIS_DOWN):
+                self._stats.flush_due(self._redis, force=True)
+
+    def now_ms(self) -> int:
+        """Redis server time, so deadlines set at enqueue mean the same here."""
+        return int(time.time() * 1000 + self._clock_offset_ms)
+
+    # ---------------------------------------------------------------- the cycle
+
+    def work(self) -> int:
+        """One cycle: reclaim if due, read a batch, serve it; returns entries handled."""
+        assert self._redis is not None
+        self._stats.flush_due(self._redis)
+        handled = 0
+        if time.monotonic() >= self._next_reclaim:
+            handled += self.reclaim_idle()
+            self._next_reclaim = time.monotonic() + self.config.claim_idle_ms / 2000
+        for stream, raw in self.read_batch():
+            handled += self.serve(stream, raw)
+        return handled
+
+    def read_batch(self) -> list[tuple[str, list[RawEntry]]]:
+        """Send the completions in hand, then block for new entries: one round trip."""
+        assert self._redis is not None
+        read = [
+            "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self.config.read_count,
+            "BLOCK", self.config.block_ms, "STREAMS", *self.streams, *([">"] * len(self.streams)),
+        ]
+        reply = self.roundtrip([*self._unsent_args(), read])[-1]
+        self._unsent = []
+        if isinstance(reply, redis.ResponseError):
+            if "NOGROUP" in str(reply):  # Redis came back without our data
+                ensure_library(self._redis)
+                self.ensure_groups(self._redis)
+                return []
+            raise reply
+        self.drain_notices()  # a version stored before these requests is seen by them
+        return [(_text(s), _entries(got)) for s, got in reply or ()]
+
+    def send_completions(self) -> None:
+        """Send the completions in hand without reading (stopping)."""
+        if self._unsent:
+            self.roundtrip(self._unsent_args())
+            self._unsent = []
+
+    def _unsent_args(self) -> list[list[Any]]:
+        return [c.as_args() for c in self._unsent]
+
+    def roundtrip(self, commands: Sequence[list[Any]]) -> list[Any]:
+        """One pipelined round trip; a refused completion is logged, never fatal."""
+        assert self._redis is not None
+        pipe = self._redis.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[:-1] if commands and commands[-1][0] == "XREADGROUP" else replies:
+            if isinstance(reply, Exception):
+                log.error("completing a batch failed: %s", reply)
+        return replies
+
+    def drain_notices(self) -> None:
+        assert self._pubsub is not None and self._cache is not None
+        while True:
+            message = self._pubsub.get_message(timeout=0)
+            if message is None:
+                return
+            if message.get("type") == "message":
+                self._cache.invalidate(message["data"].decode())
+
+    def serve(
+        self, stream: str, raw: list[RawEntry], deliveries: dict[str, int] | None = None
+    ) -> int:
+        """Admit, prepare, run and settle one stream's entries; the settlement goes
+        out with the next read."""
+        assert self._executor is not None
+        started_ms = self.now_ms()
+        batch = admit(stream, raw, self.config.max_deliveries, deliveries)
+        self._executor.prepare(batch.requests, started_ms)
+        if deliveries is None:
+            self.collect_more(stream, batch)
+        self._executor.run(batch.requests)
+        command = settle(stream, batch.entries, batch.requests, batch.settled, started_ms)
+        if command is not None:
+            self._unsent.append(command)
+        record(batch.requests, started_ms, self.now_ms(), self._stats)
+        metrics.BATCH_SIZE.observe(len(batch.requests))
+        self.served += len(batch.requests)
+        return len(raw)
+
+    def collect_more(self, stream: str, batch: Admitted) -> None:
+        """A batching model's batch is not full: wait up to its max_queue_delay for more."""
+        assert self._redis is not None and self._executor is not None
+        delay_us = batch_delay_us(batch.requests)
+        if not delay_us:
+            return
+        block = delay_us // 1000 or None  # under a millisecond: take what is there now
+        reply = self._redis.xreadgroup(
+            GROUP, self.consumer, {stream: ">"}, count=self.config.read_count, block=block
+        )
+        raw = [(_text(i), f) for _, got in reply or () for i, f in got if f]
+        more = admit(stream, raw, self.config.max_deliveries)
+        self._executor.prepare(more.requests, self.now_ms())
+        batch.extend(more)
+
+    def reclaim_idle(self) -> int:
+        """Take over entries another (dead or stuck) consumer left idle, and serve them."""
+        assert self._redis is not None
+        handled = 0
+        for stream in self.streams:
+            try:
+                _, entries, *_ = self._redis.xautoclaim(
+                    stream, GROUP, self.consumer,
+                    min_idle_time=self.config.claim_idle_ms, start_id="0-0", count=256,
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    self.ensure_groups(self._redis)
+                    continue
+                raise
+            live = [(_text(i), f) for i, f in entries if f]
+            if not live:
+                continue
+            log.info("reclaimed %d idle entries on %s", len(live), stream)
+            metrics.RECLAIMED.inc(len(live))
+            handled += self.serve(stream, live, self.delivery_counts(stream, live))
+        return handled
+
+    def delivery_counts(self, stream: str, entries: list[RawEntry]) -> dict[str, int]:
+        assert self._redis is not None
+        ids = [entry_id for entry_id, _ in entries]
+        pending = self._redis.xpending_range(
+            stream, GROUP, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
+            count=len(ids) + 64, consumername=self.consumer,
+        )
+        return {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(raw: Any) -> list[RawEntry]:
+    """Entries of one stream from an XREADGROUP reply; deleted ones (nil fields) skipped."""
+    return [(_text(entry_id), fields) for entry_id, fields in raw if fields]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
