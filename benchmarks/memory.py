@@ -24,7 +24,7 @@ import numpy as np
 import redis
 
 from inferis.client import AsyncClient
-from inferis.client import keys as K
+from inferis.client.protocol import keys as K
 
 from . import machine
 from .report import RESULTS_DIR

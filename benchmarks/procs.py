@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from inferis.engine.embedded import free_port
+from inferis.engine.local.embedded import free_port
 
 __all__ = ["ServerProcess", "free_port"]
 

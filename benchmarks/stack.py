@@ -13,10 +13,11 @@ import psutil
 import redis
 
 from inferis.client import AsyncClient, Ref
-from inferis.client import keys as K
-from inferis.engine.embedded import EmbeddedRedis
-from inferis.engine.library import ensure_library
-from inferis.engine.supervisor import WorkerPool
+from inferis.client.protocol import keys as K
+from inferis.client.protocol.defaults import GROUP
+from inferis.engine.local.embedded import EmbeddedRedis
+from inferis.engine.local.supervisor import WorkerPool
+from inferis.lua import ensure_library
 
 from .workloads import Workload
 
@@ -64,7 +65,7 @@ class InferisStack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                joined = len(conn.xinfo_consumers(K.request_stream(0), K.GROUP))
+                joined = len(conn.xinfo_consumers(K.request_stream(0), GROUP))
             except redis.ResponseError:  # no stream or group yet
                 joined = 0
             if joined >= self.workers:

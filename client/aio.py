@@ -68,15 +68,16 @@ class AsyncClient(Operations):
         await self.close()
 
     async def close(self) -> None:
-        for task in (self._sender, self._reader):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = [t for t in (self._sender, self._reader) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # A read blocked inside redis-py may take its time to notice; don't wait on it.
+            await asyncio.wait(tasks, timeout=1.0)
         self._sender = self._reader = None
         for conn in self._conns:
             with contextlib.suppress(Exception):
-                await conn.disconnect()
+                await conn.disconnect(nowait=True)
         self._conns = []
         await self._pool.aclose()
 
@@ -208,6 +209,7 @@ class AsyncClient(Operations):
             try:
                 return await aroundtrip(conn, wire)
             except _DOWN:
+                _raise_if_cancelled()
                 await conn.disconnect()
                 if loop.time() > deadline:
                     raise
@@ -223,7 +225,15 @@ class AsyncClient(Operations):
             except _DOWN:
                 # Redis restarted or failed over: keep waiting; the reply streams
                 # are in Redis, not here, so nothing is lost.
+                _raise_if_cancelled()
                 await conn.disconnect()
                 await asyncio.sleep(backoff.next())
                 continue
             self._inflight.dispatch(replies[-1])
+
+
+def _raise_if_cancelled() -> None:
+    """redis-py can turn a cancellation into a timeout error: don't retry through it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -104,7 +104,9 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
     return b"".join(pack_command(tuple(c)) for c in commands)
 
 
-def roundtrip(conn: redis.connection.AbstractConnection, commands: Sequence[Sequence[Any]]) -> list[Any]:
+def roundtrip(
+    conn: redis.connection.AbstractConnection, commands: Sequence[Sequence[Any]]
+) -> list[Any]:
     """Send ``commands`` in one write; their replies in order, errors as values."""
     conn.send_packed_command([pack(commands)], check_health=False)
     replies: list[Any] = []

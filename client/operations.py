@@ -63,7 +63,8 @@ class Submit:
     def coalescable(self) -> bool:
         """Whether it can travel in a MODELRUNMANY with other runs (no keys to write)."""
         r = self.request
-        return r.ephemeral and not r.outputs and all(s.key == "" or s.data is None for s in r.inputs)
+        inline_only = all(s.key == "" or s.data is None for s in r.inputs)
+        return r.ephemeral and not r.outputs and inline_only
 
 
 Step = Command | Call | Submit
@@ -121,6 +122,17 @@ class Operations:
     def _perform(self, plan: Plan[T]) -> Any:
         raise NotImplementedError
 
+    @property
+    def in_flight(self) -> int:
+        """Runs submitted and not answered yet."""
+        return self._inflight.waiting
+
+    @property
+    def unmatched_answers(self) -> int:
+        """Answers that found no waiter: a second answer to a resent run, or one that
+        came after its caller gave up."""
+        return self._inflight.unmatched
+
     # ---------------------------------------------------------------- runs
 
     def _run_request(
@@ -167,11 +179,13 @@ class Operations:
         out_keys = _key_list("outputs", outputs)
         in_names = _names("input_names", input_names, len(in_keys))
         out_names = _names("output_names", output_names, len(out_keys))
+        ins = [InputSlot(n, self._tagged(k, "input")) for n, k in zip(in_names, in_keys, strict=True)]
+        outs = [
+            OutputSlot(n, self._tagged(k, "output")) for n, k in zip(out_names, out_keys, strict=True)
+        ]
         request = RunRequest(
             self._ids.next(), model, _version(version), self._timeout(timeout_ms), self.ttl_ms,
-            False,
-            [InputSlot(n, self._tagged(k, "input")) for n, k in zip(in_names, in_keys, strict=True)],
-            [OutputSlot(n, self._tagged(k, "output")) for n, k in zip(out_names, out_keys, strict=True)],
+            False, ins, outs,
         )
         return Submit(request, self.partition)
 
@@ -249,7 +263,9 @@ class Operations:
     # ---------------------------------------------------------------- models
 
     @operation
-    def modelstore(self, name: str, backend: str, data: bytes, **options: Any) -> Plan[StoredVersion]:
+    def modelstore(
+        self, name: str, backend: str, data: bytes, **options: Any
+    ) -> Plan[StoredVersion]:
         """Store a new immutable version; identical content returns the existing one.
 
         Options: ``device``, ``format``, ``inputs``/``outputs`` (specs), ``batch``

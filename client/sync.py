@@ -108,10 +108,15 @@ class Client(Operations):
         timeout_ms: int | None = None,
         keep_keys: bool = False,
     ) -> PendingRun:
-        """Enqueue a run and return at once; pass the result to :meth:`wait`."""
-        return self.submit_many(
+        """Enqueue a run and return at once; pass the result to :meth:`wait`.
+
+        A refusal at enqueue (EBUSY, a missing stored input, ...) raises here."""
+        future = self.submit_many(
             model, [inputs], version=version, timeout_ms=timeout_ms, keep_keys=keep_keys
         )[0]
+        if future.done() and future.exception() is not None:
+            raise future.exception()  # type: ignore[misc]
+        return future
 
     def submit_many(
         self,

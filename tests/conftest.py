@@ -14,10 +14,11 @@ import pytest
 import redis
 
 from inferis.client import Client
-from inferis.client import keys as K
-from inferis.engine.embedded import EmbeddedRedis
-from inferis.engine.library import ensure_library
-from inferis.engine.supervisor import WorkerPool
+from inferis.client.protocol import keys as K
+from inferis.client.protocol.defaults import GROUP
+from inferis.engine.local.embedded import EmbeddedRedis
+from inferis.engine.local.supervisor import WorkerPool
+from inferis.lua import ensure_library
 
 from . import models
 
@@ -66,9 +67,14 @@ def start_workers(redis_server: EmbeddedRedis) -> Iterator[WorkerFactory]:
         pool.stop(grace_s=10)
 
 
+def queued(conn: redis.Redis, partition: int = 0) -> int:
+    """Requests enqueued and not yet answered on a partition (the Functions' count)."""
+    return int(conn.hget(K.partition_config(partition), "queued") or 0)
+
+
 def consumer_names(conn: redis.Redis) -> set[bytes]:
     try:
-        return {c["name"] for c in conn.xinfo_consumers(K.request_stream(0), K.GROUP)}
+        return {c["name"] for c in conn.xinfo_consumers(K.request_stream(0), GROUP)}
     except redis.ResponseError:  # no stream or group yet
         return set()
 

@@ -107,5 +107,5 @@ async def drive(
                 tally.wrong += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    tally.duplicates = client._router.unmatched
+    tally.duplicates = client.unmatched_answers
     return tally

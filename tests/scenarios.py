@@ -15,9 +15,9 @@ from typing import Any
 import redis
 
 from inferis.client import AsyncClient
-from inferis.engine.embedded import EmbeddedRedis
-from inferis.engine.library import ensure_library
-from inferis.engine.supervisor import WorkerPool
+from inferis.engine.local.embedded import EmbeddedRedis
+from inferis.engine.local.supervisor import WorkerPool
+from inferis.lua import ensure_library
 
 from .harness import Tally, drive
 from .models import IrisModel

@@ -35,14 +35,14 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from inferis.client import Client, InputError, UnsafeModelError
-from inferis.client.core import ModelInfo
+from inferis.client import Client, InputError, ModelInfo, UnsafeModelError
 from inferis.engine.backends.base import BackendOptions
 from inferis.engine.backends.sklearn import SklearnBackend
-from inferis.engine.embedded import EmbeddedRedis
-from inferis.engine.library import ensure_library
-from inferis.engine.supervisor import WorkerPool
-from inferis.engine.worker import Worker, WorkerConfig
+from inferis.engine.config import WorkerConfig
+from inferis.engine.local.embedded import EmbeddedRedis
+from inferis.engine.local.supervisor import WorkerPool
+from inferis.engine.serving.worker import Worker
+from inferis.lua import ensure_library
 
 from .conftest import consumer_names, wait_for_consumers
 
@@ -209,8 +209,7 @@ def test_the_backend_refuses_pickle_on_its_own(tmp_path: Path) -> None:
     for fmt in ("pickle", "joblib"):
         info = ModelInfo(
             name="evil", version=1, digest="", backend="sklearn", format=fmt, device="CPU",
-            inputs=[], outputs=[], batching={}, tags={}, extra={}, created_ms=0,
-            size=len(blob), chunks=1,
+            size=len(blob),
         )
         with pytest.raises(UnsafeModelError, match="--trust-unsafe-formats"):
             SklearnBackend().load(blob, info, BackendOptions())
@@ -280,12 +279,12 @@ def _serve(config: WorkerConfig) -> None:
 def test_types_an_operator_trusts_are_loaded(
     client: Client, redis_server: EmbeddedRedis, r: redis.Redis
 ) -> None:
-    # The CLI has no flag for backend options, so the worker is started from its config.
-    options = BackendOptions(extra={"skops_trusted": f"{__name__}.double"})
-    before = consumer_names(r)
-    worker = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(WorkerConfig(redis_url=redis_server.url, backend=options),)
+    # Started from its config in a process that can import this module's function.
+    config = WorkerConfig(
+        redis_url=redis_server.url, backend_option=[f"skops_trusted={__name__}.double"]
     )
+    before = consumer_names(r)
+    worker = multiprocessing.get_context("spawn").Process(target=_serve, args=(config,))
     worker.start()
     try:
         wait_for_consumers(r, before, 1)

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inferis.client import BackendError, Client, InputError
-from inferis.client.core import ModelInfo
+from inferis.client import BackendError, Client, InputError, ModelInfo
 from inferis.engine.backends.base import BackendOptions
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -265,8 +264,7 @@ def test_close_removes_the_unpacked_directory(
     blob = pack_saved_model(directory)
     info = ModelInfo(
         name="mlp", version=1, digest="", backend="tensorflow", format="", device="CPU",
-        inputs=[], outputs=[], batching={}, tags={}, extra={}, created_ms=0, size=len(blob),
-        chunks=1,
+        size=len(blob),
     )
     loaded = TensorFlowBackend().load(blob, info, BackendOptions())
     assert len(list(tmp_path.iterdir())) == 1

@@ -8,50 +8,52 @@ import numpy as np
 import pytest
 import redis
 
-from inferis.client import Client, InputError
-from inferis.client import keys as K
-from inferis.client.core import ModelInfo
+from inferis.client import Batching, Client, InputError, ModelInfo
+from inferis.client.protocol import keys as K
+from inferis.client.protocol.entries import Entry, RunRequest
 from inferis.engine.backends.base import BackendOptions
 from inferis.engine.backends.onnx import OnnxBackend
-from inferis.engine.batching import Prepared, plan, shared_rows
+from inferis.engine.serving.batching import plan, shared_rows
+from inferis.engine.serving.request import Request
 
 from . import models
 
 
-def _info(batching: dict) -> ModelInfo:
-    return ModelInfo(
-        "m", 1, "d" * 64, "onnx", "", "CPU", [], [], batching, {}, {}, 0, 0, 1
-    )
+def _info(batching: Batching) -> ModelInfo:
+    return ModelInfo("m", 1, "d" * 64, "onnx", batching=batching)
 
 
-def _prepared(info: ModelInfo, *shapes: tuple[int, ...]) -> list[Prepared]:
+def _requests(info: ModelInfo, *shapes: tuple[int, ...]) -> list[Request]:
     model = OnnxBackend().load(models.scale_model(2.0, width=None), info, BackendOptions())
+    entry = Entry(K.request_stream(0), "1-0", 0, "", [], {})
     out = []
     for i, shape in enumerate(shapes):
         feed = {"X": np.zeros(shape, np.float32)}
-        out.append(Prepared(i, info, model, feed, shared_rows(feed)))
+        out.append(Request(
+            RunRequest(str(i), "m"), entry, info, model, feed, shared_rows(feed), ["Y"]
+        ))
     return out
 
 
-def _sizes(batches: list[list[Prepared]]) -> list[list[int]]:
-    return [[p.key for p in b] for b in batches]
+def _sizes(batches: list[list[Request]]) -> list[list[int]]:
+    return [[int(r.rid) for r in b] for b in batches]
 
 
 def test_plan_groups_compatible_shapes_and_respects_limits() -> None:
-    info = _info({"max_batch_size": 4, "max_queue_delay_us": 0})
-    reqs = _prepared(info, (1, 3), (1, 5), (2, 3), (1, 3), (1, 5), (1, 3), (5, 3))
+    info = _info(Batching(4, 0))
+    reqs = _requests(info, (1, 3), (1, 5), (2, 3), (1, 3), (1, 5), (1, 3), (5, 3))
     # (1,5) ones batch apart from (1,3) ones; 4 rows at most; 5 rows run alone
     assert _sizes(plan(reqs)) == [[0, 2, 3], [5], [1, 4], [6]]
 
 
 def test_plan_closes_batches_at_preferred_sizes() -> None:
-    info = _info({"max_batch_size": 8, "preferred_batch_sizes": [2, 4]})
-    reqs = _prepared(info, *[(1, 3)] * 7)
+    info = _info(Batching(8, 0, (2, 4)))
+    reqs = _requests(info, *[(1, 3)] * 7)
     assert _sizes(plan(reqs)) == [[0, 1, 2, 3], [4, 5], [6]]  # largest fitting size first
 
 
 def test_no_batching_without_max_batch_size() -> None:
-    reqs = _prepared(_info({}), (1, 3), (1, 3))
+    reqs = _requests(_info(Batching()), (1, 3), (1, 3))
     assert _sizes(plan(reqs)) == [[0], [1]]
 
 

@@ -7,18 +7,20 @@ import signal
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import redis
 
 from inferis.client import AsyncClient, Client, DeadLetteredError, decode_tensor
-from inferis.client import keys as K
-from inferis.engine.embedded import EmbeddedRedis
-from inferis.engine.library import ensure_library
-from inferis.engine.supervisor import WorkerPool
+from inferis.client.protocol import keys as K
+from inferis.client.protocol.defaults import GROUP
+from inferis.engine.local.embedded import EmbeddedRedis
+from inferis.engine.local.supervisor import WorkerPool
+from inferis.lua import ensure_library
 
 from . import models
-from .conftest import consumer_names, wait_for_consumers
+from .conftest import consumer_names, queued, wait_for_consumers
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +31,7 @@ def _wait_until_delivered(r: redis.Redis, timeout_s: float = 30.0) -> bytes:
     """Wait until a worker has read the request (it is pending); return its consumer."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        pending = r.xpending(STREAM, K.GROUP)
+        pending = r.xpending(STREAM, GROUP)
         if pending["pending"]:
             return pending["consumers"][0]["name"]
         time.sleep(0.02)
@@ -51,8 +53,8 @@ def test_a_request_of_a_killed_worker_is_served_by_another(
     start_workers(1, "--claim-idle-ms", "1000")
     result = client.wait(future).raise_for_error()
     assert np.array_equal(result.outputs["Y"], x)  # identity chain: exact
-    assert r.xpending(STREAM, K.GROUP)["pending"] == 0
-    dead = [c for c in r.xinfo_consumers(STREAM, K.GROUP) if c["name"] == victim]
+    assert r.xpending(STREAM, GROUP)["pending"] == 0
+    dead = [c for c in r.xinfo_consumers(STREAM, GROUP) if c["name"] == victim]
     assert dead and dead[0]["pending"] == 0
 
 
@@ -70,8 +72,9 @@ def test_a_request_that_keeps_killing_workers_is_dead_lettered(
         client.wait(future).raise_for_error()
     dead = r.xrange(K.deadletter_stream(0))
     assert len(dead) == 1 and dead[0][1][b"reason"] == b"poison"
-    assert dead[0][1][b"req.model"] == b"slow"  # the original request is kept for replay
-    assert r.xpending(STREAM, K.GROUP)["pending"] == 0
+    kept = msgpack.unpackb(dead[0][1][b"req.q"], raw=True)  # kept for replay
+    assert [record[b"model"] for record in kept] == [b"slow"]
+    assert r.xpending(STREAM, GROUP)["pending"] == 0
 
 
 def test_sigterm_finishes_the_run_in_hand(client: Client, r: redis.Redis, start_workers) -> None:
@@ -99,13 +102,13 @@ async def test_requests_enqueued_before_a_redis_crash_are_answered_after_it(
             await client.modelstore("iris", "onnx", iris.blob)
             rows = [iris.features[i : i + 1] for i in range(0, 150, 3)]
             tasks = [asyncio.create_task(client.predict("iris", {"X": x})) for x in rows]
-            while r.xlen(STREAM) < len(rows):
+            while queued(r) < len(rows):
                 await asyncio.sleep(0.01)
             server.kill()  # SIGKILL: only the AOF survives
             restarted = EmbeddedRedis(tmp_path / "aof", port=server.port, appendfsync="always")
             restarted.start()
             server = restarted
-            assert r.xlen(STREAM) == len(rows)
+            assert queued(r) == len(rows)
             before = consumer_names(r)
             pool = WorkerPool(server.url, 2, ["--log-level", "WARNING"])
             pool.start()
@@ -158,9 +161,9 @@ async def test_a_resumed_worker_does_not_answer_twice(
             await asyncio.sleep(0.1)
         assert _fcalls(r) > calls_before  # A did call _INFERIS_COMPLETE ...
         await asyncio.sleep(0.5)
-        assert client._router.unmatched == 0  # ... which wrote no second reply
+        assert client.unmatched_answers == 0  # ... which wrote no second reply
         assert np.array_equal(decode_tensor(r.get(result.output_keys["Y"])), x)
-        assert r.xpending(STREAM, K.GROUP)["pending"] == 0
+        assert r.xpending(STREAM, GROUP)["pending"] == 0
 
 
 def _fcalls(r: redis.Redis) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from inferis.client import Client
 
@@ -38,13 +39,15 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path, iris) -> None:
         match = re.search(r"inferis is up: (redis://127\.0\.0\.1:(\d+)) \(2 workers\)", line)
         assert match, line
         url, port = match.group(1), int(match.group(2))
+        conn = redis.Redis.from_url(url)
         with Client(url) as client:
-            wait_for_consumers(client._redis, set(), 2)
-            assert len(consumer_names(client._redis)) == 2
+            wait_for_consumers(conn, set(), 2)
+            assert len(consumer_names(conn)) == 2
             client.modelstore("iris", "onnx", iris.blob)
             out = client.predict("iris", {"X": iris.features[:4]})
             assert np.array_equal(out["label"], iris.forest.predict(iris.features[:4]))
-            assert client._redis.config_get("appendonly")["appendonly"] == "yes"
+            assert conn.config_get("appendonly")["appendonly"] == "yes"
+        conn.close()
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0

@@ -8,9 +8,10 @@ import numpy as np
 import redis
 
 from inferis.client import AsyncClient
-from inferis.client import keys as K
+from inferis.client.protocol import keys as K
 
 from . import models
+from .conftest import queued
 
 
 async def test_250_requests_in_flight_on_one_connection(
@@ -22,9 +23,10 @@ async def test_250_requests_in_flight_on_one_connection(
         rows = [iris.features[i % 150 : i % 150 + 1] for i in range(250)]
         tasks = [asyncio.create_task(client.predict("iris", {"X": row})) for row in rows]
         # No worker yet: all 250 must be enqueued and waiting at the same time.
-        while r.xlen(K.request_stream(0)) < 250:
+        while queued(r) < 250:
             await asyncio.sleep(0.01)
-        assert client._router.waiting == 250
+        assert client.in_flight == 250
+        assert r.xlen(K.request_stream(0)) == 1  # they travelled together: one call, one entry
         assert len(r.client_list()) - clients_before == 2  # commands + reply reader
         start_workers(2)
         results = await asyncio.gather(*tasks)

@@ -4,7 +4,9 @@ request interleaved with them still gets its exact result."""
 from __future__ import annotations
 
 import json
+import time
 
+import msgpack
 import numpy as np
 import pytest
 import redis
@@ -19,9 +21,12 @@ from inferis.client import (
     InferisError,
     InputError,
     ModelNotFoundError,
+    Ref,
     TensorError,
+    decode_tensor,
+    encode_tensor,
 )
-from inferis.client import keys as K
+from inferis.client.protocol import keys as K
 
 from . import models
 
@@ -71,7 +76,7 @@ def test_bad_requests_interleaved_with_good_ones(
          "cannot load model garbage"),
         (lambda: client.submit("zipmap", {"X": x[:1]}), BackendError, "zipmap"),
         (lambda: client.submit("iris", {"X": x[:1]}, timeout_ms=1), DeadlineExceeded, "deadline"),
-        (lambda: client._submit(*_execute(client, f"{TAG}:junk")), TensorError,
+        (lambda: client.submit("iris", [Ref(f"{TAG}:junk")]), TensorError,
          r"input 1 \(\{inferis:0\}:junk\)"),
     ]
     good_rows = [x[i : i + 2] for i in range(0, 140, 10)]
@@ -90,18 +95,6 @@ def test_bad_requests_interleaved_with_good_ones(
     assert client.predict("fails", [np.ones(4, np.float32)])["Y"].shape == (2, 2)
 
 
-def _execute(client: Client, key: str) -> tuple:
-    from inferis.client import core
-
-    rid = client._ids.next()
-    command = core.build_execute(
-        rid=rid, partition=0, reply_key=client._router.streams[0], model="iris",
-        input_keys=[key], output_keys=[], input_names=None, output_names=None,
-        version=None, timeout_ms=20_000, ttl_ms=60_000,
-    )
-    return command, rid, 20_000
-
-
 def test_enqueue_time_errors_raise_at_once(client: Client, workers) -> None:
     with pytest.raises(ArgumentError, match="model name"):
         client.predict("bad name!", [np.ones(1)])
@@ -112,18 +105,40 @@ def test_enqueue_time_errors_raise_at_once(client: Client, workers) -> None:
 def test_a_malformed_stream_entry_is_dead_lettered(
     client: Client, workers, r: redis.Redis, iris
 ) -> None:
-    """Someone XADDs garbage straight into the request stream."""
+    """Someone XADDs garbage straight into the request stream: nothing in it can be
+    answered, so it is parked with the reason, and serving goes on."""
     client.modelstore("iris", "onnx", iris.blob)
     stream = K.request_stream(0)
     r.xadd(stream, {"model": "iris", "ni": "not-a-number", "rid": "evil"})
     out = client.predict("iris", {"X": iris.features[:3]})
     assert np.array_equal(out["label"], iris.reference(iris.features[:3])["label"])
-    done = f"{TAG}:r:evil:done"
-    _, line = r.blpop([done], timeout=20)
-    answer = json.loads(line)
-    assert answer["status"] == "error" and answer["code"] == "EARGS"
+    deadline = time.monotonic() + 20
+    while not r.xlen(K.deadletter_stream(0)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     dead = r.xrange(K.deadletter_stream(0))
-    assert len(dead) == 1 and dead[0][1][b"rid"] == b"evil"
-    assert dead[0][1][b"reason"].startswith(b"malformed")
-    assert dead[0][1][b"req.ni"] == b"not-a-number"
+    assert len(dead) == 1 and dead[0][1][b"reason"].startswith(b"malformed")
+    assert dead[0][1][b"req.ni"] == b"not-a-number" and dead[0][1][b"req.rid"] == b"evil"
     assert r.xlen(stream) == 0
+
+
+def test_a_malformed_record_is_answered_with_its_error(
+    client: Client, workers, r: redis.Redis, iris
+) -> None:
+    """A readable entry whose record is wrong: that request gets EARGS, the one
+    beside it in the same entry is served."""
+    client.modelstore("iris", "onnx", iris.blob)
+    good = {"id": "fine", "model": "iris", "ver": "", "timeout": 20_000, "ttl": 60_000,
+            "eph": False, "in": [["X", "", encode_tensor(iris.features[:2])]], "out": []}
+    bad = {**good, "id": "evil", "in": "not-a-list"}
+    records = msgpack.packb([bad, good], use_bin_type=False)
+    r.xadd(K.request_stream(0), {"t0": int(time.time() * 1000), "reply": "", "n": 2, "q": records})
+    answers = {}
+    for rid in ("evil", "fine"):
+        _, line = r.blpop([f"{TAG}:r:{rid}:done"], timeout=20)
+        answers[rid] = json.loads(line)
+    assert answers["evil"]["status"] == "error" and answers["evil"]["code"] == "EARGS"
+    assert "'in' must be an array" in answers["evil"]["error"]
+    assert answers["fine"]["status"] == "ok"
+    label = decode_tensor(r.get(answers["fine"]["outputs"]["label"]))
+    assert np.array_equal(label, iris.reference(iris.features[:2])["label"])
+    assert r.xlen(K.request_stream(0)) == 0 and r.xlen(K.deadletter_stream(0)) == 0

@@ -11,16 +11,15 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inferis.client import BusyError, Client, TensorError, decode_tensor
-from inferis.client import keys as K
-from inferis.client.core import parse_model_info
-from inferis.engine.pipeline import parse_pipeline
+from inferis.client import BusyError, Client, ModelInfo, TensorError, decode_tensor
+from inferis.client.protocol import keys as K
+from inferis.engine.models.pipeline import parse_pipeline
 
 from . import models
 
 CODES = ("EARGS", "ETENSOR", "EMODEL", "EINPUT", "EBUSY", "EDIGEST", "WRONGTYPE")
 FUNCTIONS = ["TENSORSET", "TENSORGET", "MODELCHUNK", "MODELSTORE", "MODELGET", "MODELDEL",
-             "MODELRUN"]
+             "MODELRUN", "MODELRUNMANY"]
 WORDS = ["RAW", "BLOB", "VALUES", "META", "FLOAT", "int64", "str", "bool", "MODEL", "VERSION",
          "INPUTS", "OUTPUTS", "INNAMES", "OUTNAMES", "DATA", "TIMEOUT", "TTL", "REPLYTO", "ID",
          "BACKEND", "DIGEST", "CHUNKS", "INDEX", "INPUT", "OUTPUT", "BATCH", "PREFERRED", "TAG",
@@ -89,7 +88,7 @@ def test_declared_shapes_never_crash_the_decoder(dims: list[int], dtype: str, ta
 @given(st.lists(st.one_of(st.binary(max_size=30), st.text(max_size=30)), max_size=30))
 def test_metadata_parser_refuses_junk_clearly(fields: list) -> None:
     with contextlib.suppress(ValueError, KeyError, TypeError):  # refused, never a crash
-        parse_model_info(fields)
+        ModelInfo.parse(fields)
 
 
 @settings(max_examples=300, deadline=None)

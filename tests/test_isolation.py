@@ -21,11 +21,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inferis.client import BackendError, BackendUnavailableError, InputError
-from inferis.client.core import ModelInfo
-from inferis.engine.backends.base import BackendOptions
+from inferis.client import BackendError, BackendUnavailableError, InputError, ModelInfo
+from inferis.engine.backends.base import BackendOptions, RunTimeout
 from inferis.engine.backends.onnx import OnnxBackend
-from inferis.engine.isolation import IsolatedModel, IsolatedRunner, RunTimeout
+from inferis.engine.isolation.runner import IsolatedModel, IsolatedRunner
 
 from . import models
 
@@ -44,8 +43,7 @@ def _info(
 ) -> ModelInfo:
     return ModelInfo(
         name=name, version=1, digest=hashlib.sha256(blob).hexdigest(), backend=backend,
-        format=fmt, device="CPU", inputs=[], outputs=[], batching={}, tags={},
-        extra=extra or {}, created_ms=0, size=len(blob), chunks=1,
+        format=fmt, device="CPU", extra=extra or {}, size=len(blob),
     )
 
 
@@ -179,8 +177,8 @@ def test_results_and_specs_equal_the_in_process_backend(runner: IsolatedRunner) 
     for name, blob, feed in cases:
         info = _info(name, blob)
         direct = OnnxBackend().load(blob, info, OPTIONS)
-        inputs, outputs = runner.load(name, blob, info)
-        assert (inputs, outputs) == (direct.inputs, direct.outputs)
+        inputs, outputs, device = runner.load(name, blob, info)
+        assert (inputs, outputs, device) == (direct.inputs, direct.outputs, direct.device)
         got = runner.run(name, feed, timeout_s=60)
         _assert_same(got, direct.run(feed))
         assert all(a.flags.writeable for a in got.values())
@@ -371,7 +369,7 @@ def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
         """
         import sys, time
         from inferis.engine.backends.base import BackendOptions
-        from inferis.engine.isolation import IsolatedRunner
+        from inferis.engine.isolation.runner import IsolatedRunner
         from tests.test_isolation import _info, spin_model
         import numpy as np
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferis.client import Client, InputError
-from inferis.engine.embedded import free_port
+from inferis.engine.local.embedded import free_port
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:

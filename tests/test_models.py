@@ -10,12 +10,14 @@ import redis
 
 from inferis.client import (
     ArgumentError,
+    Batching,
     Client,
     DigestError,
     ModelNotFoundError,
+    TensorSpec,
     UnsafeModelError,
 )
-from inferis.client import keys as K
+from inferis.client.protocol import keys as K
 
 from . import models
 
@@ -39,8 +41,8 @@ def test_store_get_versions_and_dedupe(client: Client, r: redis.Redis) -> None:
     assert info.version == 2 and info.digest == second.digest
     old, blob = client.modelget("scale", 1, blob=True)
     assert blob == v1 and old.tags == {"team": "fraud"} and old.extra == {"owner": "risk"}
-    assert old.inputs == [{"name": "X", "dtype": "float32", "shape": [-1, 3]}]
-    assert old.batching == {"max_batch_size": 32, "max_queue_delay_us": 500}
+    assert old.inputs == (TensorSpec("X", "float32", (None, 3)),)
+    assert old.batching == Batching(32, 500)
     assert old.backend == "onnx" and old.device == "CPU" and old.size == len(v1)
     assert client.modelversions("scale") == [1, 2]
     assert client.modellist() == ["scale"]

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from inferis.client import ArgumentError, Client, ModelNotFoundError, Ref, decode_tensor
-from inferis.client import keys as K
+from inferis.client.protocol import keys as K
+from inferis.client.protocol.defaults import GROUP
 
 from . import models
 
@@ -55,7 +56,7 @@ def test_outputs_are_written_next_to_the_inputs(client: Client, workers, r: redi
         assert np.array_equal(decode_tensor(r.get(key)), result.outputs[name])
         assert 0 < r.pttl(key) <= client.ttl_ms
     assert r.xlen(K.request_stream(0)) == 0  # answered entries leave the stream
-    assert r.xpending(K.request_stream(0), K.GROUP)["pending"] == 0
+    assert r.xpending(K.request_stream(0), GROUP)["pending"] == 0
 
 
 def test_a_prediction_leaves_no_keys_behind(client: Client, workers, r: redis.Redis) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from inferis.client import TensorError, decode_tensor, encode_tensor
-from inferis.client.tensor import MAX_RANK, encode_header
+from inferis.client.protocol.tensor import MAX_RANK, encode_header
 
 NUMERIC = [
     "float16", "float32", "float64", "int8", "int16", "int32", "int64",
@@ -106,9 +106,14 @@ def test_negative_and_oversized_shapes_are_refused() -> None:
         encode_tensor(np.zeros((1,) * 9))
     with pytest.raises(TensorError, match="exceeds the limit"):
         encode_tensor(np.zeros(1000, dtype=np.uint8), max_bytes=999)
-    huge = encode_header("float64", (2**31, 2**31))
+    for dims in ([2**31, 2**31], [0, 2**62], [2**29, 0]):  # zero elements do not excuse a dim
+        header = msgpack.packb(["float64", dims])
+        crafted = struct.pack("<4sBBH", b"INFT", 1, 0, len(header)) + header
+        crafted += b"\0" * ((-len(crafted)) % 16)
+        with pytest.raises(TensorError, match="exceeds the limit"):
+            decode_tensor(crafted)
     with pytest.raises(TensorError, match="exceeds the limit"):
-        decode_tensor(huge)
+        encode_header("float64", (2**31, 2**31))
 
 
 def test_unsupported_dtypes_are_refused() -> None:
@@ -179,7 +184,13 @@ def test_lua_values_round_trip(r: redis.Redis) -> None:
         (["float32", 2, "BLOB", "abc"], "ETENSOR value: float32 shape needs 8 data bytes"),
         (["int8", 1, "VALUES", "1.5"], "ETENSOR VALUES item 1 is not an integer"),
         (["float16", 1, "VALUES", "1"], "ETENSOR VALUES is not supported for float16"),
-        (["float32", 65536, 65536, 65536], "ETENSOR tensor has more than"),
+        (["float32", 65536, 65536, 65536], "ETENSOR tensor shape exceeds the limit"),
+        (["float32", 0, 2**28 + 1], "ETENSOR tensor shape exceeds the limit"),
+        (["float32", 0, 2**62], "EARGS dimension must be a decimal integer"),
+        (["float32", 0, "1e309"], "EARGS dimension must be a decimal integer"),
+        (["float32", "inf"], "EARGS dimension must be a decimal integer"),
+        (["float32", "0x10"], "EARGS dimension must be a decimal integer"),
+        (["float32", 16384, 16384], "ETENSOR a float32 tensor of 268435456 elements exceeds"),
         (["RAW", "garbage"], "ETENSOR value is not an inferis tensor"),
     ],
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from inferis.engine.embedded import EmbeddedRedis, find_redis_server, free_port
+from inferis.engine.local.embedded import EmbeddedRedis, find_redis_server, free_port
 
 SERVICE = "inferis-primary"
 

@@ -8,7 +8,7 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 
-from inferis.engine.embedded import EmbeddedRedis
+from inferis.engine.local.embedded import EmbeddedRedis
 
 from ..loadgen import Caller
 from ..workloads import Workload

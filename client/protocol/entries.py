@@ -130,7 +130,9 @@ def decode_entry(stream: str, entry_id: str, fields: Mapping[bytes, bytes]) -> E
     except KeyError as exc:
         raise MalformedEntry(f"request entry lacks field {exc.args[0].decode()!r}") from None
     except Exception as exc:
-        raise MalformedEntry(f"request entry is not readable: {type(exc).__name__}: {exc}") from None
+        raise MalformedEntry(
+            f"request entry is not readable: {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(records, list):
         raise MalformedEntry("request entry field 'q' is not an array of records")
     refs = {

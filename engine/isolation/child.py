@@ -48,7 +48,7 @@ def child_main(
     # Ctrl-C reaches the whole process group; the worker decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=log_format)
-    from .backends.registry import load_model
+    from ..backends.registry import load_model
 
     models: dict[int, LoadedModel] = {}
     while True:

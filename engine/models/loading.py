@@ -52,9 +52,8 @@ class Loaded:
 
 
 def signature_of(info: ModelInfo, model: LoadedModel) -> Loaded:
-    return Loaded(
-        info, model, merge_specs(model.inputs, info.inputs), merge_specs(model.outputs, info.outputs)
-    )
+    inputs = merge_specs(model.inputs, info.inputs)
+    return Loaded(info, model, inputs, merge_specs(model.outputs, info.outputs))
 
 
 def fetch_blob(conn: redis.Redis, info: ModelInfo) -> bytes:

@@ -70,7 +70,9 @@ def writes_for(entry: Entry, requests: Sequence[Request], queue_us: int) -> list
     return writes
 
 
-def _answer(entry: Entry, request: Request, queue_us: int) -> tuple[Answer, list[tuple[str, bytes]]]:
+def _answer(
+    entry: Entry, request: Request, queue_us: int
+) -> tuple[Answer, list[tuple[str, bytes]]]:
     """The request's answer, and the output keys to write for it."""
     spec, info = request.spec, request.info
     answer = Answer(
@@ -113,13 +115,17 @@ def _encoded_outputs(request: Request) -> list[tuple[str, bytes]]:
     return encoded
 
 
-def record(requests: Sequence[Request], started_ms: int, answered_ms: int, stats: metrics.ModelStats) -> None:
+def record(
+    requests: Sequence[Request], started_ms: int, answered_ms: int, stats: metrics.ModelStats
+) -> None:
     """Metrics and per-model stats for answered requests."""
     for request in requests:
         info, spec = request.info, request.spec
         status = "ok" if request.error is None else request.error.code
         queue_s = max(0, started_ms - request.entry.t0_ms) / 1000
-        series = metrics.series(spec.model if info else UNRESOLVED, str(info.version) if info else "-")
+        series = metrics.series(
+            spec.model if info else UNRESOLVED, str(info.version) if info else "-"
+        )
         series.requests(status).inc()
         series.queue_wait.observe(queue_s)
         series.end_to_end.observe(max(0, answered_ms - request.entry.t0_ms) / 1000)

@@ -130,5 +130,7 @@ class Executor:
         except InferisError:
             raise
         except Exception as exc:
-            raise BackendError(f"{request.info.label} failed: {type(exc).__name__}: {exc}") from None
+            raise BackendError(
+                f"{request.info.label} failed: {type(exc).__name__}: {exc}"
+            ) from None
         return results, (time.perf_counter_ns() - started) // 1000
