@@ -179,10 +179,10 @@ class Operations:
         out_keys = _key_list("outputs", outputs)
         in_names = _names("input_names", input_names, len(in_keys))
         out_names = _names("output_names", output_names, len(out_keys))
-        ins = [InputSlot(n, self._tagged(k, "input")) for n, k in zip(in_names, in_keys, strict=True)]
-        outs = [
-            OutputSlot(n, self._tagged(k, "output")) for n, k in zip(out_names, out_keys, strict=True)
-        ]
+        pairs_in = zip(in_names, in_keys, strict=True)
+        pairs_out = zip(out_names, out_keys, strict=True)
+        ins = [InputSlot(n, self._tagged(k, "input")) for n, k in pairs_in]
+        outs = [OutputSlot(n, self._tagged(k, "output")) for n, k in pairs_out]
         request = RunRequest(
             self._ids.next(), model, _version(version), self._timeout(timeout_ms), self.ttl_ms,
             False, ins, outs,
