@@ -117,32 +117,40 @@ async def run_suite(opts: RunOptions) -> dict[str, Any]:
         "results": [],
     }
     for name in opts.systems:
-        target = targets.make(name)
-        _log(f"[{name}] starting")
-        system: dict[str, Any] = {"status": "ok", "note": target.note}
-        doc["systems"][name] = system
-        try:
-            await target.start(workloads, opts.config)
-        except Exception as exc:
-            system.update(status="unavailable", error=f"{type(exc).__name__}: {exc}"[:2000])
-            _log(f"[{name}] could not start: {system['error']}")
-            await _stop_quietly(target)
-            continue
-        system["settings"] = target.settings
-        try:
-            for workload in workloads:
-                await _run_workload(target, workload, opts, doc)
-            if name == "inferis" and opts.roundtrip_calls:
-                doc["roundtrips"] = await _measure_roundtrips(
-                    target, workloads, opts.roundtrip_calls
-                )
-        except Exception as exc:
-            system.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-            _log(f"[{name}] failed: {traceback.format_exc()}")
-        finally:
-            await _stop_quietly(target)
-        _log(f"[{name}] stopped")
+        for target in targets.make(name, opts.config):
+            await _run_target(target, workloads, opts, doc)
     return doc
+
+
+async def _run_target(
+    target: Target, workloads: list[Workload], opts: RunOptions, doc: dict[str, Any]
+) -> None:
+    """One system in one configuration: start, check its answers, sweep, stop."""
+    label = target.label
+    _log(f"[{label}] starting")
+    system: dict[str, Any] = {
+        "status": "ok", "note": target.note, "system": target.name, "variant": target.variant,
+    }
+    doc["systems"][label] = system
+    try:
+        await target.start(workloads, opts.config)
+    except Exception as exc:
+        system.update(status="unavailable", error=f"{type(exc).__name__}: {exc}"[:2000])
+        _log(f"[{label}] could not start: {system['error']}")
+        await _stop_quietly(target)
+        return
+    system["settings"] = target.settings
+    try:
+        for workload in workloads:
+            await _run_workload(target, workload, opts, doc)
+        if target.name == "inferis" and opts.roundtrip_calls and "roundtrips" not in doc:
+            doc["roundtrips"] = await _measure_roundtrips(target, workloads, opts.roundtrip_calls)
+    except Exception as exc:
+        system.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        _log(f"[{label}] failed: {traceback.format_exc()}")
+    finally:
+        await _stop_quietly(target)
+    _log(f"[{label}] stopped")
 
 
 async def _run_workload(target: Target, workload: Workload, opts: RunOptions,
@@ -154,8 +162,8 @@ async def _run_workload(target: Target, workload: Workload, opts: RunOptions,
         problem = f"{type(exc).__name__}: {exc}"
     for series in target.series(workload):
         entry: dict[str, Any] = {
-            "workload": workload.name, "system": target.name, "series": series.label,
-            "verified": problem is None, "points": [],
+            "workload": workload.name, "system": target.name, "variant": target.variant,
+            "series": series.label, "verified": problem is None, "points": [],
         }
         doc["results"].append(entry)
         if problem:

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from .connection import aroundtrip, async_pool
+from .connection import Pipe, aroundtrip, async_pool
 from .operations import Call, Operations, Plan, Submit, enqueue_commands
 from .protocol.backoff import Backoff
 from .protocol.commands import Command
@@ -31,6 +31,13 @@ from .protocol.replies import RunResult
 
 # How long a command keeps retrying while Redis restarts or fails over.
 RECONNECT_WINDOW_S = 15.0
+# A reply later than this means the connection is dead (a frozen or vanished host).
+COMMAND_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = REPLY_READ_BLOCK_MS / 1000 + 10
+# Runs written at once when this many are queued; fewer wait for the end of the
+# event loop's turn. A burst of answers thus goes back out in slices the workers
+# can start on while the rest is still being prepared.
+FLUSH_AT = 32
 _DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 _Item = tuple[Command | Call | Submit, "asyncio.Future[Any]"]
@@ -54,12 +61,14 @@ class AsyncClient(Operations):
             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
         )
         self._url = url
-        self._pool = async_pool(url, socket_timeout=REPLY_READ_BLOCK_MS / 1000 + 10)
+        # No socket timeout: replies are awaited with their own (see connection.py).
+        self._pool = async_pool(url, socket_timeout=None)
+        self._pipe = Pipe(self._pool)
         self._outbox: list[_Item] = []
-        self._wake: asyncio.Event | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._flush_due = False
+        self._settling: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
-        self._conns: list[Any] = []
+        self._reader_conn: Any = None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -68,17 +77,17 @@ class AsyncClient(Operations):
         await self.close()
 
     async def close(self) -> None:
-        tasks = [t for t in (self._sender, self._reader) if t is not None]
+        tasks = [t for t in (self._reader, *self._settling) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             # A read blocked inside redis-py may take its time to notice; don't wait on it.
             await asyncio.wait(tasks, timeout=1.0)
-        self._sender = self._reader = None
-        for conn in self._conns:
+        self._reader = None
+        await self._pipe.close()
+        if self._reader_conn is not None:
             with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
-        self._conns = []
+                await self._reader_conn.disconnect(nowait=True)
         await self._pool.aclose()
 
     # ---------------------------------------------------------------- plans
@@ -95,17 +104,18 @@ class AsyncClient(Operations):
             return stop.value
 
     def _step(self, step: Command | Call | Submit) -> asyncio.Future[Any]:
-        """Queue ``step`` for the next round trip; the future holds its result."""
+        """Queue ``step``; it is written when FLUSH_AT steps wait, or at the end of
+        this turn of the event loop. The future holds its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if isinstance(step, Submit):
             self._expect(step, future)
         self._outbox.append((step, future))
-        if self._wake is None:
-            self._wake = asyncio.Event()
-        if self._sender is None or self._sender.done():
-            self._sender = loop.create_task(self._send_loop())
-        self._wake.set()
+        if len(self._outbox) >= FLUSH_AT:
+            self._flush()
+        elif not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
         return future
 
     def _expect(self, step: Submit, future: asyncio.Future[Any]) -> None:
@@ -132,30 +142,28 @@ class AsyncClient(Operations):
 
     # ---------------------------------------------------------------- transport
 
-    async def _connection(self) -> Any:
-        conn = await self._pool.get_connection()
-        self._conns.append(conn)
-        return conn
+    def _flush(self) -> None:
+        """Write what is queued now; a task settles its futures from the replies."""
+        self._flush_due = False
+        batch, self._outbox = self._outbox, []
+        batch = [(step, fut) for step, fut in batch if not fut.done()]
+        if not batch:
+            return
+        calls = self._calls(batch)
+        wire = [args for args, _, _ in calls]
+        durable = self.wait_replicas > 0 and any(kind != "read" for _, kind, _ in calls)
+        if durable:  # WAIT covers every write sent before it on this connection
+            wire.append(["WAIT", self.wait_replicas, self.wait_timeout_ms])
+        sent = self._pipe.write(wire) if self._pipe.ready else None
+        task = asyncio.get_running_loop().create_task(self._settle(calls, wire, sent, durable))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
-    async def _send_loop(self) -> None:
-        assert self._wake is not None
-        conn = await self._connection()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._outbox = self._outbox, []
-            batch = [(step, fut) for step, fut in batch if not fut.done()]
-            if batch:
-                await self._send(conn, batch)
-
-    async def _send(self, conn: Any, batch: Sequence[_Item]) -> None:
-        """One round trip for everything queued; each future gets its result.
-
-        A run's future is settled by its answer, or here by the refusal of the
-        call that carried it.
-        """
+    def _calls(self, batch: Sequence[_Item]) -> list[tuple[list[Any], str, list[Any]]]:
+        """The commands of a batch, each with its kind and the futures it settles;
+        runs travel together (enqueue_commands)."""
         runs = [(step, fut) for step, fut in batch if isinstance(step, Submit)]
-        calls: list[tuple[list[Any], str, list[asyncio.Future[Any]]]] = [
+        calls: list[tuple[list[Any], str, list[Any]]] = [
             (step.as_args() if isinstance(step, Command) else list(step.args),
              "write" if step.writes else "read", [fut])
             for step, fut in batch if not isinstance(step, Submit)
@@ -164,18 +172,39 @@ class AsyncClient(Operations):
             self._inflight, [s for s, _ in runs], [f for _, f in runs]
         ):
             calls.append((command.as_args(), "run", owners))
-        wire = [args for args, _, _ in calls]
-        durable = self.wait_replicas > 0 and any(kind != "read" for _, kind, _ in calls)
-        if durable:  # WAIT covers every write sent before it on this connection
-            wire.append(["WAIT", self.wait_replicas, self.wait_timeout_ms])
-        try:
-            replies = await self._roundtrip(conn, wire)
-        except Exception as exc:  # Redis stayed away: fail this batch only
-            for _, _, owners in calls:
-                for fut in owners:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            return
+        return calls
+
+    async def _settle(
+        self,
+        calls: list[tuple[list[Any], str, list[Any]]],
+        wire: list[list[Any]],
+        sent: list[asyncio.Future[Any]] | None,
+        durable: bool,
+    ) -> None:
+        """Await a batch's replies and settle its futures. While Redis restarts or fails
+        over, the batch is resent for a while: stores are content-addressed, tensor
+        writes are SETs, and a run that did reach Redis is enqueued twice under one
+        request id, whose caller takes the first answer."""
+        loop = asyncio.get_running_loop()
+        backoff, deadline = Backoff(cap=0.5), loop.time() + RECONNECT_WINDOW_S
+        while True:
+            try:
+                if sent is None:
+                    await self._pipe.open()
+                    sent = self._pipe.write(wire)
+                replies = await asyncio.wait_for(asyncio.gather(*sent), COMMAND_TIMEOUT_S)
+                break
+            except (TimeoutError, *_DOWN) as exc:
+                _raise_if_cancelled()
+                await self._pipe.reset()
+                if loop.time() > deadline:
+                    for _, _, owners in calls:
+                        for fut in owners:
+                            if not fut.done():
+                                fut.set_exception(exc)
+                    return
+                await asyncio.sleep(backoff.next())
+                sent = None
         shortfall = None
         if durable:
             acked = replies.pop()
@@ -192,35 +221,17 @@ class AsyncClient(Operations):
                     fut.set_exception(translate_error(reply))
                 elif shortfall is not None and kind != "read":
                     fut.set_exception(shortfall)
-                elif kind != "run":
+                elif kind != "run":  # a run is settled by its answer
                     fut.set_result(reply)
 
-    async def _roundtrip(self, conn: Any, wire: list[list[Any]]) -> list[Any]:
-        """Send a pipeline; ride over a Redis restart or failover for a short while.
-
-        Resending is safe: stores are content-addressed, tensor writes are SETs,
-        and a run whose first send did reach Redis is enqueued twice under one
-        request id; the caller takes the first answer.
-        """
-        backoff = Backoff(cap=0.5)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RECONNECT_WINDOW_S
-        while True:
-            try:
-                return await aroundtrip(conn, wire)
-            except _DOWN:
-                _raise_if_cancelled()
-                await conn.disconnect()
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(backoff.next())
-
     async def _read_loop(self) -> None:
-        conn = await self._connection()
+        if self._reader_conn is None:
+            self._reader_conn = await self._pool.get_connection()
+        conn = self._reader_conn
         backoff = Backoff(cap=1.0)
         while True:
             try:
-                replies = await aroundtrip(conn, self._inflight.read_commands())
+                replies = await aroundtrip(conn, self._inflight.read_commands(), READ_TIMEOUT_S)
                 backoff.reset()
             except _DOWN:
                 # Redis restarted or failed over: keep waiting; the reply streams

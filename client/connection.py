@@ -14,6 +14,9 @@ itself on the hot path.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,14 +122,102 @@ def roundtrip(
 
 
 async def aroundtrip(
-    conn: aioredis.connection.AbstractConnection, commands: Sequence[Sequence[Any]]
+    conn: aioredis.connection.AbstractConnection,
+    commands: Sequence[Sequence[Any]],
+    timeout_s: float | None,
 ) -> list[Any]:
-    """:func:`roundtrip` for an asyncio connection."""
+    """:func:`roundtrip` for an asyncio connection, each reply awaited up to ``timeout_s``.
+
+    The connection should have no socket timeout of its own: redis-py then writes
+    without wrapping each write in a task.
+    """
     await conn.send_packed_command([pack(commands)], check_health=False)
     replies: list[Any] = []
     for _ in commands:
         try:
-            replies.append(await conn.read_response())
+            replies.append(await conn.read_response(timeout=timeout_s))
         except redis.ResponseError as exc:
             replies.append(exc)
     return replies
+
+
+class Pipe:
+    """An asyncio connection on which writes never wait for replies.
+
+    Commands are written at once (no await) and their replies are read in
+    order by a task of the pipe's own, so many batches are in flight on one
+    connection and a caller's batch starts its trip while the next is being
+    built. A connection that breaks fails every reply still pending; the next
+    :meth:`open` connects again.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+        self._pool = pool
+        self._conn: Any = None
+        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._conn is not None and self._conn.is_connected and self._reader is not None
+
+    async def open(self) -> None:
+        async with self._opening:
+            if self.ready:
+                return
+            if self._conn is None:
+                self._conn = await self._pool.get_connection()
+            elif not self._conn.is_connected:
+                await self._conn.connect()
+            self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+
+    def write(self, commands: Sequence[Sequence[Any]]) -> list[asyncio.Future[Any]]:
+        """Send ``commands`` now; one future per reply (a ResponseError is a value)."""
+        assert self.ready, "open() the pipe first"
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self._pending.extend(futures)
+        # redis-py's own send would wrap the write in a task; the stream writer buffers.
+        self._conn._writer.write(pack(commands))
+        return futures
+
+    async def _read_replies(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                try:
+                    reply = await conn.read_response(timeout=None)
+                except redis.ResponseError as exc:
+                    reply = exc
+                if self._pending:
+                    future = self._pending.popleft()
+                    if not future.done():
+                        future.set_result(reply)
+        except BaseException as exc:
+            self._break(exc if isinstance(exc, Exception) else redis.ConnectionError("closed"))
+            if not isinstance(exc, Exception):
+                raise
+
+    def _break(self, exc: Exception) -> None:
+        self._reader = None
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    async def reset(self) -> None:
+        """Drop the connection (a reply never came, or the link broke)."""
+        if self._reader is not None:
+            self._reader.cancel()
+        self._break(redis.ConnectionError("connection reset"))
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        await self.reset()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._conn)
+            self._conn = None

@@ -93,7 +93,7 @@ class Client(Operations):
             while True:
                 step = plan.send(value)
                 if isinstance(step, Submit):
-                    value = self._await(self._send_runs([step], [plan])[0])
+                    value = self._await(self._send_runs([step], [plan], then_read=True)[0])
                 else:
                     value = self._execute(step)
         except StopIteration as stop:
@@ -182,65 +182,94 @@ class Client(Operations):
                 )
         return replies
 
-    def _send_runs(self, steps: list[Submit], plans: list[Plan[RunResult]]) -> list[PendingRun]:
+    def _send_runs(
+        self, steps: list[Submit], plans: list[Plan[RunResult]], *, then_read: bool = False
+    ) -> list[PendingRun]:
+        """Enqueue runs; with ``then_read``, and no other thread reading, the enqueue and
+        the blocking read of the answer go out in one write on the reply connection."""
         futures = [PendingRun(step, plan) for step, plan in zip(steps, plans, strict=True)]
         for step, future in zip(steps, futures, strict=True):
             self._inflight.expect(step.request.rid, _resolver(future))
         calls = enqueue_commands(self._inflight, steps, futures)
-        try:
-            replies = self._send([command.as_args() for command, _ in calls], True)
-        except BaseException:
-            for future in futures:
-                self._inflight.forget(future.rid)
-            raise
+        wire = [command.as_args() for command, _ in calls]
+        replies = None
+        if then_read and not self.wait_replicas and self._take_turn(wait=False):
+            try:
+                replies = self._read_answers(futures[0], wire)
+            finally:
+                self._give_turn()
+        if replies is None:
+            try:
+                replies = self._send(wire, True)
+            except BaseException:
+                for future in futures:
+                    self._inflight.forget(future.rid)
+                raise
         for (_, owners), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 error = translate_error(reply)
                 for future in owners:
                     self._inflight.forget(future.rid)
-                    future.set_exception(error)
+                    if not future.done():
+                        future.set_exception(error)
         return futures
+
+    def _take_turn(self, future: PendingRun | None = None, wait: bool = True) -> bool:
+        """Become the thread that reads answers; False once ``future`` is done (or at
+        once when not ``wait``ing and another thread reads)."""
+        with self._turn:
+            while future is None or not future.done():
+                if not self._reading:
+                    self._reading = True
+                    return True
+                if not wait:
+                    return False
+                assert future is not None
+                if time.monotonic() >= future.deadline:
+                    return False
+                self._turn.wait(future.deadline - time.monotonic())
+            return False
+
+    def _give_turn(self) -> None:
+        with self._turn:
+            self._reading = False
+            self._turn.notify_all()
 
     def _await(self, future: PendingRun) -> RunResult:
         """Wait for ``future``, reading answers ourselves when no other thread is."""
         try:
             while not future.done():
-                with self._turn:
-                    while not future.done():
-                        if time.monotonic() >= future.deadline:
-                            raise NoAnswerError(
-                                f"request {future.rid} got no answer within its "
-                                f"{future.timeout_ms} ms deadline"
-                            )
-                        if not self._reading:
-                            self._reading = True
-                            break
-                        self._turn.wait(future.deadline - time.monotonic())
-                    else:
-                        break
-                try:
-                    self._read_answers(future)
-                finally:
-                    with self._turn:
-                        self._reading = False
-                        self._turn.notify_all()
+                if time.monotonic() >= future.deadline:
+                    raise NoAnswerError(
+                        f"request {future.rid} got no answer within its "
+                        f"{future.timeout_ms} ms deadline"
+                    )
+                if self._take_turn(future):
+                    try:
+                        self._read_answers(future)
+                    finally:
+                        self._give_turn()
         finally:
             self._inflight.forget(future.rid)
         return future.result()
 
-    def _read_answers(self, future: PendingRun) -> None:
-        """One blocking read of the reply streams (as the reading thread)."""
+    def _read_answers(self, future: PendingRun, before: list[list[Any]] = ()) -> list[Any] | None:
+        """One blocking read of the reply streams (as the reading thread), after the
+        commands ``before`` (their replies are returned; None if Redis was away)."""
         if self._reader is None:
             self._reader = self._pool.make_connection()
         block = max(1, min(REPLY_READ_BLOCK_MS, int((future.deadline - time.monotonic()) * 1000)))
         try:
-            replies = roundtrip(self._reader, self._inflight.read_commands(block))
+            replies = roundtrip(self._reader, [*before, *self._inflight.read_commands(block)])
         except _DOWN:
             self._reader.disconnect()  # Redis is restarting: the answers wait in it
+            if before:
+                return None  # the caller resends them, with retries
             time.sleep(0.05)
-            return
+            return []
         with self._turn:
             self._inflight.dispatch(replies[-1])
+        return replies[: len(before)]
 
 
 def _resolver(future: PendingRun) -> Any:

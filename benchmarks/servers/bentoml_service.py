@@ -12,12 +12,17 @@ from onnx_session import config, load_all
 CONFIG = config()
 
 
+BATCHABLE = bool(CONFIG.get("batchable", True))
+
+
 def _endpoint(name: str, primary: str):
     def predict(self, x: np.ndarray) -> np.ndarray:
         # A batchable API returns one array, split by BentoML along the batch dimension.
         return self.models[name].run_joined(x)[primary]
 
     predict.__name__ = name
+    if not BATCHABLE:
+        return bentoml.api(predict, route=f"/{name}")
     return bentoml.api(
         predict, batchable=True, batch_dim=0, max_batch_size=int(CONFIG["max_batch"]),
         route=f"/{name}",

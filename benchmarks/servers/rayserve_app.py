@@ -15,12 +15,25 @@ MAX_BATCH = int(CONFIG["max_batch"])
 WAIT_S = float(CONFIG["wait_ms"]) / 1000
 
 
+SERVE_BATCH = bool(CONFIG.get("serve_batch", True))
+
+
+def _maybe_batched(fn):  # type: ignore[no-untyped-def]
+    if SERVE_BATCH:
+        return serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=WAIT_S)(fn)
+
+    async def one(self, doc: dict) -> dict:  # type: ignore[no-untyped-def]
+        return (await fn(self, [doc]))[0]
+
+    return one
+
+
 @serve.deployment
 class OnnxDeployment:
     def __init__(self, spec: dict) -> None:
         self.model = OnnxModel(spec)
 
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=WAIT_S)
+    @_maybe_batched
     async def predict_batch(self, docs: list[dict]) -> list[dict]:
         feed = {
             n: np.concatenate([np.asarray(d[n], dtype=np.float32) for d in docs])
@@ -47,7 +60,8 @@ def main() -> None:
         # max_ongoing_requests >= max_batch_size, as Serve asks, or batches never fill.
         app = OnnxDeployment.options(
             name=spec["name"], num_replicas=int(CONFIG["workers"]),
-            max_ongoing_requests=MAX_BATCH, ray_actor_options={"num_cpus": 0},
+            max_ongoing_requests=MAX_BATCH if SERVE_BATCH else 5,
+            ray_actor_options={"num_cpus": 0},
         ).bind(spec)
         serve.run(app, name=spec["name"], route_prefix=f"/{spec['name']}")
     Path(CONFIG["ready_file"]).write_text("ready")

@@ -1,4 +1,8 @@
-"""The endpoint people write by hand: Starlette + uvicorn + onnxruntime, JSON in and out."""
+"""The endpoint people write by hand: Starlette + uvicorn + onnxruntime, JSON in and out.
+
+Run as people deploy it: uvicorn[standard], so uvicorn picks uvloop and httptools
+(named here so the choice is visible), and ``workers`` processes.
+"""
 
 import uvicorn
 from onnx_session import config, load_all
@@ -28,5 +32,9 @@ app = Starlette(routes=[
 ])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(config()["port"]), log_level="warning",
-                access_log=False)
+    settings = config()
+    uvicorn.run(
+        "starlette_app:app", host="127.0.0.1", port=int(settings["port"]),
+        workers=int(settings.get("uvicorn_workers", 1)), loop="uvloop", http="httptools",
+        log_level="warning", access_log=False,
+    )

@@ -18,12 +18,18 @@ _TARGETS = {
 SYSTEMS = tuple(_TARGETS)
 
 
-def make(name: str) -> Target:
+def make(name: str, config: RunConfig) -> list[Target]:
+    """The system in each configuration of its sweep."""
     if name not in _TARGETS:
         raise ValueError(f"unknown system {name!r}; choose from {list(SYSTEMS)}")
-    module, cls = _TARGETS[name].split(":")
-    target: Target = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
-    return target
+    module, cls_name = _TARGETS[name].split(":")
+    cls = getattr(importlib.import_module(f"{__name__}.{module}"), cls_name)
+    targets: list[Target] = []
+    for variant in cls.variants(config):
+        target = cls()
+        target.variant = variant
+        targets.append(target)
+    return targets
 
 
 __all__ = ["SYSTEMS", "RunConfig", "Series", "Target", "TargetUnavailable", "make"]

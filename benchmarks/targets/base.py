@@ -46,14 +46,36 @@ class Series:
     concurrencies: tuple[int, ...] | None = None
 
 
+# One configuration of a system, from its own documented settings.
+Variant = dict[str, object]
+
+
+def variant_label(variant: Variant) -> str:
+    return ", ".join(f"{k}={v}" for k, v in variant.items())
+
+
 @dataclass
 class Target:
-    """Base class: start once, serve every selected workload, stop."""
+    """Base class: start once, serve every selected workload, stop.
+
+    A system is measured in each configuration of :meth:`variants` (a small
+    sweep of the settings its documentation offers); the report takes its best.
+    """
 
     name: str = ""
     # How this system is driven and what it is given: printed under the table.
     note: str = ""
     settings: dict[str, object] = field(default_factory=dict)
+    variant: Variant = field(default_factory=dict)
+
+    @classmethod
+    def variants(cls, config: RunConfig) -> list[Variant]:
+        return [{}]
+
+    @property
+    def label(self) -> str:
+        """The series name: the system and its configuration."""
+        return f"{self.name} [{variant_label(self.variant)}]" if self.variant else self.name
 
     async def start(self, workloads: list[Workload], config: RunConfig) -> None:
         raise NotImplementedError

@@ -24,6 +24,13 @@ class BentoMLTarget(HttpTarget):
             "carries the model's main output only",
         )
 
+    @classmethod
+    def variants(cls, config: RunConfig) -> list[dict[str, object]]:
+        return [
+            {"workers": n, "batchable": b}
+            for n in sorted({1, config.workers}) for b in (True, False)
+        ]
+
     def path(self, workload: Workload) -> str:
         return f"/{workload.name}"
 
@@ -43,7 +50,11 @@ class BentoMLTarget(HttpTarget):
         folder = config.work_dir / "bentoml"
         shutil.rmtree(folder, ignore_errors=True)
         port = free_port()
-        cfg = write_server_config(folder, workloads, config, port=port)
+        workers = int(self.variant.get("workers", config.workers))  # type: ignore[arg-type]
+        batchable = bool(self.variant.get("batchable", True))
+        cfg = write_server_config(
+            folder, workloads, config, port=port, workers=workers, batchable=batchable
+        )
         env = {**server_env(cfg), "BENTOML_HOME": str(folder / "home"),
                "BENTOML_DO_NOT_TRACK": "True"}
         self.server = ServerProcess(
@@ -55,6 +66,7 @@ class BentoMLTarget(HttpTarget):
         self.base_url = f"http://127.0.0.1:{port}"
         await self.server.wait_http(self.base_url + "/readyz", config.start_timeout_s)
         self.settings = {
-            **venv.installed(), "workers": config.workers,
-            "max_batch_size": config.engine_batch[0], "max_latency_ms": "BentoML default",
+            **venv.installed(), "workers": workers, "batchable": batchable,
+            "max_batch_size": config.engine_batch[0] if batchable else 1,
+            "max_latency_ms": "BentoML default",
         }

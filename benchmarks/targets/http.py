@@ -74,7 +74,7 @@ class HttpTarget(Target):
 
             return call
 
-        return [Series(self.name, open_, self._close_session)]
+        return [Series(self.label, open_, self._close_session)]
 
     async def _close_session(self) -> None:
         if self._session is not None:
@@ -110,6 +110,7 @@ def server_env(config_path: Path) -> dict[str, str]:
 def write_server_config(
     folder: Path, workloads: list[Workload], config: RunConfig, **extra: Any
 ) -> Path:
+    """What the server scripts read: models, batching, and this variant's settings."""
     folder.mkdir(parents=True, exist_ok=True)
     size, wait_ms = config.engine_batch
     doc = {

@@ -28,8 +28,13 @@ class InferisTarget(Target):
         self.url: str | None = None
         self._inputs: dict[str, list[dict[str, object]]] = {}
 
+    @classmethod
+    def variants(cls, config: RunConfig) -> list[dict[str, object]]:
+        return [{"workers": n} for n in sorted({1, config.workers})]
+
     async def start(self, workloads: list[Workload], config: RunConfig) -> None:
-        self._stack = InferisStack(config.work_dir / "inferis", config.workers)
+        workers = int(self.variant.get("workers", config.workers))  # type: ignore[arg-type]
+        self._stack = InferisStack(config.work_dir / "inferis", workers)
         self.url = url = await asyncio.to_thread(self._stack.start, config.start_timeout_s)
         ttl = {"ttl_ms": config.inferis_ttl_ms} if config.inferis_ttl_ms else {}
         self.client = AsyncClient(url, timeout_ms=int(config.request_timeout_s * 1000), **ttl)
@@ -38,7 +43,7 @@ class InferisTarget(Target):
         size, delay = config.inferis_batch
         self.settings = {
             "version": importlib.metadata.version("inferis"),
-            "workers": config.workers,
+            "workers": workers,
             "batch": {"max_batch_size": size, "max_queue_delay_us": delay},
             "client_ttl_ms": self.client.ttl_ms,
             "redis": "private redis-server, appendonly yes, appendfsync everysec",
@@ -54,7 +59,7 @@ class InferisTarget(Target):
 
             return call
 
-        return [Series("inferis", open_)]
+        return [Series(self.label, open_)]
 
     async def answer(self, workload: Workload, index: int) -> dict[str, np.ndarray] | None:
         assert self.client is not None

@@ -26,6 +26,15 @@ class MLServerTarget(HttpTarget):
             "aiohttp load generator; every tensor travels in the request body",
         )
 
+    @classmethod
+    def variants(cls, config: RunConfig) -> list[dict[str, object]]:
+        # MLServer's documented knobs: inference in the main process (0) or in N
+        # parallel workers; adaptive batching on or off (max_batch_size 1).
+        return [
+            {"parallel_workers": n, "adaptive_batching": b}
+            for n in sorted({0, config.workers}) for b in ("on", "off")
+        ]
+
     def path(self, workload: Workload) -> str:
         return f"/v2/models/{workload.name}/infer"
 
@@ -46,9 +55,12 @@ class MLServerTarget(HttpTarget):
         port = free_port()
         cfg = write_server_config(folder, workloads, config, port=port)
         size, wait_ms = config.engine_batch
+        if self.variant.get("adaptive_batching") == "off":
+            size = 1
+        workers = int(self.variant.get("parallel_workers", config.workers))  # type: ignore[arg-type]
         (folder / "settings.json").write_text(json.dumps({
             "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
-            "metrics_port": free_port(), "parallel_workers": config.workers,
+            "metrics_port": free_port(), "parallel_workers": workers,
             "debug": False,
         }))
         for w in workloads:
@@ -72,6 +84,6 @@ class MLServerTarget(HttpTarget):
                 f"{self.base_url}/v2/models/{w.name}/ready", config.start_timeout_s
             )
         self.settings = {
-            **venv.installed(), "parallel_workers": config.workers,
+            **venv.installed(), "parallel_workers": workers,
             "max_batch_size": size, "max_batch_time_s": wait_ms / 1000,
         }

@@ -27,6 +27,10 @@ class RayServeTarget(HttpTarget):
 
     _tmp: Path | None = None
 
+    @classmethod
+    def variants(cls, config: RunConfig) -> list[dict[str, object]]:
+        return [{"serve_batch": b} for b in (True, False)]
+
     def path(self, workload: Workload) -> str:
         return f"/{workload.name}"
 
@@ -42,7 +46,10 @@ class RayServeTarget(HttpTarget):
         shutil.rmtree(folder, ignore_errors=True)
         port = free_port()
         ready = folder / "ready"
-        cfg = write_server_config(folder, workloads, config, port=port, ready_file=str(ready))
+        batch = bool(self.variant.get("serve_batch", True))
+        cfg = write_server_config(
+            folder, workloads, config, port=port, ready_file=str(ready), serve_batch=batch
+        )
         # Ray's session files (unix sockets among them) in a short temp dir of our
         # own: socket paths have a length limit, and /tmp/ray may belong to others.
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
@@ -56,9 +63,9 @@ class RayServeTarget(HttpTarget):
         await self.server.wait_file(ready, config.start_timeout_s)
         size, wait_ms = config.engine_batch
         self.settings = {
-            **venv.installed(), "num_replicas": config.workers,
-            "max_batch_size": size, "batch_wait_timeout_s": wait_ms / 1000,
-            "max_ongoing_requests": size,
+            **venv.installed(), "num_replicas": config.workers, "serve_batch": batch,
+            "max_batch_size": size if batch else 1, "batch_wait_timeout_s": wait_ms / 1000,
+            "max_ongoing_requests": size if batch else 5,
         }
 
     async def stop(self) -> None:

@@ -18,10 +18,15 @@ class StarletteTarget(HttpTarget):
     def __init__(self) -> None:
         super().__init__(
             "starlette",
-            "uvicorn + Starlette + onnxruntime in ONE process, JSON in and out, no batching; "
-            "aiohttp load generator (one session, connection limit = concurrency); every "
+            "uvicorn[standard] (uvloop + httptools) + Starlette + onnxruntime, JSON in and "
+            "out, no batching, as many uvicorn worker processes as the variant says; aiohttp "
+            "load generator on uvloop (one session, connection limit = concurrency); every "
             "tensor travels in the request body",
         )
+
+    @classmethod
+    def variants(cls, config: RunConfig) -> list[dict[str, object]]:
+        return [{"workers": n} for n in sorted({1, config.workers})]
 
     def path(self, workload: Workload) -> str:
         return f"/predict/{workload.name}"
@@ -35,7 +40,8 @@ class StarletteTarget(HttpTarget):
     async def launch(self, workloads: list[Workload], config: RunConfig) -> None:
         folder = config.work_dir / "starlette"
         port = free_port()
-        cfg = write_server_config(folder, workloads, config, port=port)
+        workers = self.variant.get("workers", 1)
+        cfg = write_server_config(folder, workloads, config, port=port, uvicorn_workers=workers)
         self.server = ServerProcess(
             [sys.executable, SERVERS / "starlette_app.py"], folder / "server.log",
             env=server_env(cfg),
@@ -46,6 +52,8 @@ class StarletteTarget(HttpTarget):
         self.settings = {
             "starlette": importlib.metadata.version("starlette"),
             "uvicorn": importlib.metadata.version("uvicorn"),
-            "processes": 1,
+            "uvloop": importlib.metadata.version("uvloop"),
+            "httptools": importlib.metadata.version("httptools"),
+            "processes": workers,
             "batching": "none",
         }

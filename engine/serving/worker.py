@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from inferis.client.connection import sync_connection
+from inferis.client.connection import roundtrip, sync_connection
 from inferis.client.protocol import keys
 from inferis.client.protocol.backoff import Backoff
 from inferis.client.protocol.commands import Command
@@ -58,6 +58,7 @@ class Worker:
         self.streams = [keys.request_stream(p) for p in config.partition_list]
         self._stopping = False
         self._redis: redis.Redis | None = None
+        self._conn: Any = None  # the hot loop's own connection: raw round trips
         self._pubsub: Any = None
         self._cache: ModelCache | None = None
         self._executor: Executor | None = None
@@ -150,11 +151,14 @@ class Worker:
         log.info("connected to %s", self.config.redis_url)
 
     def disconnect(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.disconnect()
         for closeable in (self._pubsub, self._redis):
             if closeable is not None:
                 with contextlib.suppress(Exception):  # already broken: nothing to release
                     closeable.close()
-        self._redis = self._pubsub = None
+        self._redis = self._pubsub = self._conn = None
 
     def ensure_groups(self, conn: redis.Redis) -> None:
         for stream in self.streams:
@@ -206,7 +210,7 @@ class Worker:
                 return []
             raise reply
         self.drain_notices()  # a version stored before these requests is seen by them
-        return [(_text(s), _entries(got)) for s, got in reply or ()]
+        return [(_text(stream), _entries(got)) for stream, got in reply or ()]
 
     def send_completions(self) -> None:
         """Send the completions in hand without reading (stopping)."""
@@ -218,12 +222,12 @@ class Worker:
         return [c.as_args() for c in self._unsent]
 
     def roundtrip(self, commands: Sequence[list[Any]]) -> list[Any]:
-        """One pipelined round trip; a refused completion is logged, never fatal."""
-        assert self._redis is not None
-        pipe = self._redis.pipeline(transaction=False)
-        for args in commands:
-            pipe.execute_command(*args)
-        replies = pipe.execute(raise_on_error=False)
+        """One pipelined round trip on the worker's own connection (raw RESP2 replies);
+        a refused completion is logged, never fatal."""
+        if self._conn is None:
+            assert self._redis is not None
+            self._conn = self._redis.connection_pool.get_connection()
+        replies = roundtrip(self._conn, commands)
         for reply in replies[:-1] if commands and commands[-1][0] == "XREADGROUP" else replies:
             if isinstance(reply, Exception):
                 log.error("completing a batch failed: %s", reply)
@@ -311,8 +315,14 @@ def _text(value: bytes | str) -> str:
 
 
 def _entries(raw: Any) -> list[RawEntry]:
-    """Entries of one stream from an XREADGROUP reply; deleted ones (nil fields) skipped."""
-    return [(_text(entry_id), fields) for entry_id, fields in raw if fields]
+    """Entries of one stream from a raw XREADGROUP reply ([id, [field, value, ...]]);
+    deleted ones (nil fields) skipped."""
+    out = []
+    for entry_id, fields in raw:
+        if fields:
+            it = iter(fields)
+            out.append((_text(entry_id), dict(zip(it, it, strict=True))))
+    return out
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
