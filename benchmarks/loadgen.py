@@ -7,6 +7,7 @@ is cut off after ``request_timeout_s``, so a stuck server cannot hang a run.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -14,6 +15,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 # A caller sends request number ``i`` (any integer; targets cycle their pool).
+
+
+def freeze_heap() -> None:
+    """Take what is alive now (the frameworks that built the models) out of the
+    cyclic collector's work, as long-running servers do (``gc.freeze``): otherwise
+    every full collection walks torch's object graph in the middle of a
+    measurement. It applies to every load generator of the run alike."""
+    gc.collect()
+    gc.freeze()
 Caller = Callable[[int], Awaitable[object]]
 
 
@@ -90,7 +100,10 @@ async def closed_loop(
             if t0 >= stop_at:
                 return
             try:
-                await asyncio.wait_for(call(i), request_timeout_s)
+                # asyncio.timeout, not wait_for: wait_for makes a task per request, which
+                # would cost the load generator more than some systems spend serving it.
+                async with asyncio.timeout(request_timeout_s):
+                    await call(i)
             except Exception as exc:  # a failed request is data, not a crash
                 if measure_from <= time.perf_counter() <= stop_at:
                     errors += 1

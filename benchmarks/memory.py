@@ -27,6 +27,7 @@ from inferis.client import AsyncClient
 from inferis.client.protocol import keys as K
 
 from . import machine
+from .loadgen import freeze_heap
 from .report import RESULTS_DIR
 from .stack import InferisStack, request_inputs, store_workloads
 from .workloads import WORKLOADS, build
@@ -98,6 +99,7 @@ async def run_memory(
     warmup_s: float, work_dir: Path, ttl_ms: int | None, max_redis_mib: float,
 ) -> dict[str, Any]:
     workloads = build(list(WORKLOADS))
+    freeze_heap()
     stack = InferisStack(work_dir / "memory", workers)
     url = await asyncio.to_thread(stack.start)
     client = AsyncClient(url, **({"ttl_ms": ttl_ms} if ttl_ms else {}))

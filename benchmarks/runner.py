@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import machine, roundtrips, targets
-from .loadgen import blocking_loop, closed_loop
+from .loadgen import blocking_loop, closed_loop, freeze_heap
 from .stack import request_inputs
 from .targets.base import RunConfig, Series, Target
 from .targets.inferis import InferisTarget
@@ -95,6 +95,7 @@ async def run_suite(opts: RunOptions) -> dict[str, Any]:
     _log(f"machine: {machine.headline(machine.describe())}")
     _log(f"building workloads: {', '.join(opts.workloads)}")
     workloads = build(opts.workloads)
+    freeze_heap()
     doc: dict[str, Any] = {
         "tag": opts.tag,
         "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -40,7 +40,52 @@ READ_TIMEOUT_S = REPLY_READ_BLOCK_MS / 1000 + 10
 FLUSH_AT = 32
 _DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
-_Item = tuple[Command | Call | Submit, "asyncio.Future[Any]"]
+class _Run:
+    """A run waiting for its answer: settled once, by the answer, its deadline, or the
+    refusal of the call that carried it."""
+
+    __slots__ = ("future", "inflight", "rid", "timeout_ms", "timer")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        step: Submit,
+        inflight: Any,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.future, self.inflight = future, inflight
+        self.rid, self.timeout_ms = step.request.rid, step.request.timeout_ms
+        self.timer = loop.call_later(self.timeout_ms / 1000 + REPLY_GRACE_S, self.expire)
+        inflight.expect(self.rid, self)
+
+    def __call__(self, result: RunResult) -> None:  # the answer (InFlight popped us)
+        self.timer.cancel()
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def expire(self) -> None:
+        self.fail(NoAnswerError(
+            f"request {self.rid} got no answer within its {self.timeout_ms} ms deadline"
+        ))
+
+    def fail(self, error: BaseException) -> None:
+        self.timer.cancel()
+        self.inflight.forget(self.rid)
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+_Item = tuple[Command | Call | Submit, "asyncio.Future[Any] | _Run"]
+
+
+def _fail(owner: asyncio.Future[Any] | _Run, error: BaseException) -> None:
+    if isinstance(owner, _Run):
+        owner.fail(error)
+    elif not owner.done():
+        owner.set_exception(error)
 
 
 class AsyncClient(Operations):
@@ -109,36 +154,18 @@ class AsyncClient(Operations):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if isinstance(step, Submit):
-            self._expect(step, future)
-        self._outbox.append((step, future))
+            run = _Run(future, step, self._inflight, loop)
+            if self._reader is None or self._reader.done():
+                self._reader = loop.create_task(self._read_loop())
+            self._outbox.append((step, run))
+        else:
+            self._outbox.append((step, future))
         if len(self._outbox) >= FLUSH_AT:
             self._flush()
         elif not self._flush_due:
             self._flush_due = True
             loop.call_soon(self._flush)
         return future
-
-    def _expect(self, step: Submit, future: asyncio.Future[Any]) -> None:
-        """Route the run's answer to ``future``; NoAnswerError past its deadline."""
-        rid, timeout_ms = step.request.rid, step.request.timeout_ms
-        loop = asyncio.get_running_loop()
-
-        def resolve(result: RunResult) -> None:
-            if not future.done():
-                future.set_result(result)
-
-        def expire() -> None:
-            self._inflight.forget(rid)
-            if not future.done():
-                future.set_exception(NoAnswerError(
-                    f"request {rid} got no answer within its {timeout_ms} ms deadline"
-                ))
-
-        timer = loop.call_later(timeout_ms / 1000 + REPLY_GRACE_S, expire)
-        future.add_done_callback(lambda _: (timer.cancel(), self._inflight.forget(rid)))
-        self._inflight.expect(rid, resolve)
-        if self._reader is None or self._reader.done():
-            self._reader = loop.create_task(self._read_loop())
 
     # ---------------------------------------------------------------- transport
 
@@ -199,9 +226,8 @@ class AsyncClient(Operations):
                 await self._pipe.reset()
                 if loop.time() > deadline:
                     for _, _, owners in calls:
-                        for fut in owners:
-                            if not fut.done():
-                                fut.set_exception(exc)
+                        for owner in owners:
+                            _fail(owner, exc)
                     return
                 await asyncio.sleep(backoff.next())
                 sent = None
@@ -214,15 +240,15 @@ class AsyncClient(Operations):
                     self.wait_replicas, self.wait_timeout_ms,
                 )
         for (_, kind, owners), reply in zip(calls, replies, strict=True):
-            for fut in owners:
-                if fut.done():
+            for owner in owners:
+                if owner.done():
                     continue
                 if isinstance(reply, Exception):
-                    fut.set_exception(translate_error(reply))
+                    _fail(owner, translate_error(reply))
                 elif shortfall is not None and kind != "read":
-                    fut.set_exception(shortfall)
+                    _fail(owner, shortfall)
                 elif kind != "run":  # a run is settled by its answer
-                    fut.set_result(reply)
+                    owner.set_result(reply)  # type: ignore[union-attr]
 
     async def _read_loop(self) -> None:
         if self._reader_conn is None:

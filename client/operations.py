@@ -118,6 +118,7 @@ class Operations:
         self.wait_timeout_ms = wait_timeout_ms
         self._ids = RequestIds()
         self._inflight = InFlight(self._ids.client_id, [partition])
+        self._base = keys.partition_tag(partition)
 
     def _perform(self, plan: Plan[T]) -> Any:
         raise NotImplementedError
@@ -149,7 +150,7 @@ class Operations:
         _check_model(model)
         timeout = self._timeout(timeout_ms)
         rid = self._ids.next()
-        base = keys.partition_tag(self.partition)
+        base = self._base
         slots = []
         for position, (name, value) in enumerate(_named_inputs(inputs)):
             if isinstance(value, Ref):
@@ -356,8 +357,8 @@ class Operations:
 
     def _tagged(self, key: str, what: str) -> str:
         key = _key(what, key)
-        base = keys.partition_tag(self.partition)
-        if keys.base_of(key) != base:
+        base = self._base
+        if not key.startswith(base) and keys.base_of(key) != base:
             raise ArgumentError(
                 f"{what} key {key} must share the hash tag {base} of partition {self.partition} "
                 f"(name it like {base}:features), so the whole request lives in one slot"
@@ -430,11 +431,18 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise ArgumentError(f"{name} must be an integer of at least {low}{bound}, got {value!r}")
 
 
+_CHECKED_MODELS: set[str] = set()  # names already found valid: one lookup per run
+
+
 def _check_model(model: Any) -> None:
+    if model in _CHECKED_MODELS and type(model) is str:
+        return
     if not isinstance(model, str) or not keys.is_model_name(model):
         raise ArgumentError(
             f"model name {model!r} must be 1-128 characters of letters, digits, _ . -"
         )
+    if len(_CHECKED_MODELS) < 4096:
+        _CHECKED_MODELS.add(model)
 
 
 def _version(version: int | str | None) -> str:
@@ -468,6 +476,8 @@ def _names(what: str, names: Sequence[str] | None, count: int) -> list[str]:
 
 def _named_inputs(inputs: Inputs) -> list[tuple[str, Any]]:
     """Inputs as (name, value) pairs; a sequence binds by position (name "")."""
+    if type(inputs) is dict and all(type(name) is str and name for name in inputs):
+        return list(inputs.items())
     if isinstance(inputs, Mapping):
         for name in inputs:
             if not isinstance(name, str) or not name:

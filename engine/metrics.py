@@ -9,7 +9,6 @@ seconds, so reading stats never costs the hot path a round trip.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -83,6 +82,9 @@ class Series:
 
 
 _SERIES: dict[tuple[str, str], Series] = {}
+# Requests whose model never resolved to a stored version (unknown names) share
+# one series, so arbitrary names cannot grow the metrics without bound.
+UNRESOLVED_MODEL = "(unresolved)"
 _MAX_SERIES = 10_000  # bound label cardinality if callers send arbitrary model names
 
 
@@ -93,6 +95,9 @@ def series(model: str, version: str) -> Series:
             _SERIES.clear()
         found = _SERIES[(model, version)] = Series(model, version)
     return found
+
+
+UNRESOLVED = series(UNRESOLVED_MODEL, "-")
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> None:
@@ -115,21 +120,18 @@ class ModelStats:
         self.interval_s = interval_s
         self._pending: dict[str, _Counts] = defaultdict(_Counts)
         self._next_flush = time.monotonic() + interval_s
-        self._lock = threading.Lock()  # recorded by the inference thread, flushed by I/O
 
     def record(self, model: str, ok: bool, run_us: int, queue_us: int) -> None:
-        with self._lock:
-            counts = self._pending[model]
-            counts.requests += 1
-            counts.errors += 0 if ok else 1
-            counts.run_us += run_us
-            counts.queue_us += queue_us
+        counts = self._pending[model]
+        counts.requests += 1
+        counts.errors += 0 if ok else 1
+        counts.run_us += run_us
+        counts.queue_us += queue_us
 
     def flush_due(self, conn: redis.Redis, force: bool = False) -> None:
         if not self._pending or (not force and time.monotonic() < self._next_flush):
             return
-        with self._lock:
-            pending, self._pending = self._pending, defaultdict(_Counts)
+        pending, self._pending = self._pending, defaultdict(_Counts)
         now_ms = int(time.time() * 1000)
         pipe = conn.pipeline(transaction=False)
         for model, counts in pending.items():

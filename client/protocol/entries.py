@@ -147,13 +147,71 @@ def decode_entry(stream: str, entry_id: str, fields: Mapping[bytes, bytes]) -> E
 
 
 def _decode_record(entry_id: str, index: int, record: Any, t0: int) -> RunRequest:
+    request = _well_formed(record) if type(record) is dict else None
+    if request is None:
+        request = _checked(entry_id, index, record)
+        if request.problem is not None:
+            return request
+    rid = request.rid
+    if rid == "":  # MODELRUN without ID: the request is known by its entry id
+        request.rid = entry_id if index == 0 else f"{entry_id}.{index}"
+    elif not keys.is_request_id(rid):
+        request.rid, request.problem = f"{entry_id}.{index}", ArgumentError(
+            f"request id {rid!r} must be 1-64 characters of letters, digits, _ . -"
+        )
+    request.deadline_ms = t0 + request.timeout_ms
+    return request
+
+
+def _well_formed(record: dict[bytes, Any]) -> RunRequest | None:
+    """The common case, read with as few steps as possible; None when anything is
+    off (then :func:`_checked` says what)."""
+    get = record.get
+    rid, model, ver = get(b"id"), get(b"model"), get(b"ver", b"")
+    timeout, ttl = get(b"timeout"), get(b"ttl", 0)
+    ins, outs = get(b"in", ()), get(b"out", ())
+    if not (
+        type(rid) is bytes and type(model) is bytes and type(ver) is bytes
+        and type(timeout) is int and timeout >= 0 and type(ttl) is int and ttl >= 0
+        and type(ins) is list and type(outs) is list
+    ):
+        return None
+    try:
+        inputs = []
+        for slot in ins:
+            if type(slot) is not list or not 2 <= len(slot) <= 3:
+                return None
+            name, key = slot[0], slot[1]
+            data = slot[2] if len(slot) == 3 else None
+            if type(name) is not bytes or type(key) is not bytes or not (
+                data is None or type(data) is bytes
+            ):
+                return None
+            inputs.append(InputSlot(name.decode(), key.decode(), data))
+        outputs = []
+        for slot in outs:
+            if type(slot) is not list or len(slot) != 2:
+                return None
+            name, key = slot
+            if type(name) is not bytes or type(key) is not bytes:
+                return None
+            outputs.append(OutputSlot(name.decode(), key.decode()))
+        return RunRequest(
+            rid.decode(), model.decode(), ver.decode(), timeout, ttl, bool(get(b"eph")),
+            inputs, outputs,
+        )
+    except UnicodeDecodeError:
+        return None
+
+
+def _checked(entry_id: str, index: int, record: Any) -> RunRequest:
+    """A record read field by field, so a malformed one says what is wrong."""
     fallback = f"{entry_id}.{index}"
     if not isinstance(record, dict):
         return RunRequest(fallback, "", problem=ArgumentError("request record is not a map"))
     try:
-        rid = _text(record.get(b"id"), "id")
         request = RunRequest(
-            rid=rid,
+            rid=_text(record.get(b"id"), "id"),
             model=_text(record.get(b"model"), "model"),
             version=_text(record.get(b"ver", b""), "ver"),
             timeout_ms=_int(record.get(b"timeout"), "timeout"),
@@ -166,13 +224,6 @@ def _decode_record(entry_id: str, index: int, record: Any, t0: int) -> RunReques
         rid = record.get(b"id")
         text = rid.decode(errors="replace") if isinstance(rid, bytes) else ""
         return RunRequest(text if keys.is_request_id(text) else fallback, "", problem=exc)
-    if rid == "":  # MODELRUN without ID: the request is known by its entry id
-        request.rid = entry_id if index == 0 else fallback
-    elif not keys.is_request_id(rid):
-        request.rid, request.problem = fallback, ArgumentError(
-            f"request id {rid!r} must be 1-64 characters of letters, digits, _ . -"
-        )
-    request.deadline_ms = t0 + request.timeout_ms
     return request
 
 

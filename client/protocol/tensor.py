@@ -188,6 +188,10 @@ _MAX_CACHED_HEADERS = 4096
 
 
 def _header(buf: bytes | memoryview) -> tuple[str, tuple[int, ...], int, np.dtype]:
+    if type(buf) is bytes and len(buf) >= PREFIX_SIZE:  # the common case: one lookup
+        known = _HEADERS.get(buf[: PREFIX_SIZE + (buf[6] | buf[7] << 8)])
+        if known is not None:
+            return known
     view = memoryview(buf)
     if len(view) < PREFIX_SIZE:
         raise TensorError("not an inferis tensor: value too short")
@@ -199,12 +203,12 @@ def _header(buf: bytes | memoryview) -> tuple[str, tuple[int, ...], int, np.dtyp
     offset = _data_offset(header_len)
     if len(view) < offset:
         raise TensorError("corrupt tensor: truncated header")
-    raw = bytes(view[PREFIX_SIZE : PREFIX_SIZE + header_len])
+    raw = bytes(view[: PREFIX_SIZE + header_len])  # prefix and header: the cache key
     known = _HEADERS.get(raw)
     if known is not None:
         return known
     try:
-        header = msgpack.unpackb(raw, raw=False)
+        header = msgpack.unpackb(raw[PREFIX_SIZE:], raw=False)
     except Exception as exc:
         raise TensorError(f"corrupt tensor header: {exc}") from None
     if not isinstance(header, list) or len(header) != 2 or not isinstance(header[0], str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -67,6 +68,8 @@ class ModelCache:
         self._failed: dict[LoadKey, tuple[InferisError, float]] = {}
         self._load_keys: dict[tuple[str, int, str], LoadKey] = {}
         self.loads = 0
+        # Called after each load (the worker settles its heap then).
+        self.on_load: Callable[[], None] = lambda: None
 
     def rebind(self, conn: redis.Redis) -> None:
         """Use a new connection (after a reconnect) and drop moving resolutions."""
@@ -109,9 +112,7 @@ class ModelCache:
         loaded = self._loaded.get(key)
         if loaded is not None:
             self._loaded.move_to_end(key)
-            return loaded if loaded.info is info else Loaded(
-                info, loaded.model, loaded.inputs, loaded.outputs
-            )
+            return loaded if loaded.info is info else Loaded(info, loaded.model, loaded.signature)
         failed = self._failed.get(key)
         if failed is not None and failed[1] > time.monotonic():
             raise failed[0]
@@ -123,6 +124,7 @@ class ModelCache:
             raise
         self._loaded[key] = loaded
         self.loads += 1
+        self.on_load()
         metrics.MODEL_LOADS.labels(info.name, str(info.version), info.backend).inc()
         while len(self._loaded) > self._max_models:
             # Dropped, not closed: a request being prepared may still hold it; the

@@ -24,14 +24,14 @@ from inferis.client.protocol.errors import (
     InferisError,
     UnsafeModelError,
 )
-from inferis.client.protocol.models import ModelInfo, TensorSpec
+from inferis.client.protocol.models import ModelInfo
 
 from .. import metrics
 from ..backends.base import BackendOptions, LoadedModel, gpu_index
 from ..backends.registry import canonical_name, get_backend, load_model
 from ..isolation.runner import IsolatedModel, IsolatedRunner
 from .pipeline import PIPELINE_BACKEND
-from .signature import merge_specs
+from .signature import Signature, merge_specs
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,18 @@ __all__ = ["PIPELINE_BACKEND", "UNSAFE_FORMATS", "Loaded", "fetch_blob", "load_b
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """A version in memory: its metadata, the backend's model and the signature
-    requests are checked against."""
+    requests are checked against (what the model reports, completed by what
+    was declared at store time)."""
 
     info: ModelInfo
     model: LoadedModel
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    signature: Signature
 
 
 def signature_of(info: ModelInfo, model: LoadedModel) -> Loaded:
     inputs = merge_specs(model.inputs, info.inputs)
-    return Loaded(info, model, inputs, merge_specs(model.outputs, info.outputs))
+    outputs = merge_specs(model.outputs, info.outputs)
+    return Loaded(info, model, Signature(info.name, inputs, outputs))
 
 
 def fetch_blob(conn: redis.Redis, info: ModelInfo) -> bytes:

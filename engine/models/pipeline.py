@@ -27,8 +27,6 @@ import numpy as np
 from inferis.client.protocol.errors import ArgumentError, BackendError, InferisError, InputError
 from inferis.client.protocol.models import ANY_DTYPE, TensorSpec
 
-from .signature import bind_inputs
-
 if TYPE_CHECKING:
     from .loading import Loaded
 
@@ -136,7 +134,7 @@ class PipelineModel:
         if loaded.info.backend == PIPELINE_BACKEND:
             raise InputError("a pipeline step cannot be another pipeline")
         named = [(name, tensors[tensor]) for name, tensor in step.inputs]
-        feed = bind_inputs(step.model, loaded.inputs, named)
+        feed = loaded.signature.bind(named)
         try:
             produced = model.run(feed)
         except InferisError:

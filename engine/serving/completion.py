@@ -26,11 +26,6 @@ from .request import Request
 
 log = logging.getLogger(__name__)
 
-# Requests whose model never resolved to a stored version (unknown names) share
-# one metrics series, so arbitrary names cannot grow the metrics without bound.
-UNRESOLVED = "(unresolved)"
-
-
 def settle(
     stream: str,
     entries: Sequence[Entry],
@@ -118,18 +113,19 @@ def _encoded_outputs(request: Request) -> list[tuple[str, bytes]]:
 def record(
     requests: Sequence[Request], started_ms: int, answered_ms: int, stats: metrics.ModelStats
 ) -> None:
-    """Metrics and per-model stats for answered requests."""
+    """Metrics and per-model stats for answered requests (backend time is recorded
+    per backend call, by the executor)."""
+    counts: dict[tuple[metrics.Series, str], int] = {}
     for request in requests:
         info, spec = request.info, request.spec
         status = "ok" if request.error is None else request.error.code
-        queue_s = max(0, started_ms - request.entry.t0_ms) / 1000
-        series = metrics.series(
-            spec.model if info else UNRESOLVED, str(info.version) if info else "-"
-        )
-        series.requests(status).inc()
+        t0 = request.entry.t0_ms
+        queue_s = max(0, started_ms - t0) / 1000
+        series = metrics.series(spec.model, str(info.version)) if info else metrics.UNRESOLVED
+        counts[series, status] = counts.get((series, status), 0) + 1
         series.queue_wait.observe(queue_s)
-        series.end_to_end.observe(max(0, answered_ms - request.entry.t0_ms) / 1000)
-        if request.error is None:
-            series.inference.observe(request.run_us / 1e6)
+        series.end_to_end.observe(max(0, answered_ms - t0) / 1000)
         if info is not None:
             stats.record(spec.model, request.error is None, request.run_us, int(queue_s * 1e6))
+    for (series, status), n in counts.items():
+        series.requests(status).inc(n)

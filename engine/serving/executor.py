@@ -18,19 +18,16 @@ import redis
 
 from inferis.client.protocol.entries import REF_LARGE, REF_MISSING, REF_NOT_STRING
 from inferis.client.protocol.errors import (
-    ArgumentError,
     BackendError,
     DeadlineExceeded,
     InferisError,
     InputError,
 )
-from inferis.client.protocol.keys import base_of
 from inferis.client.protocol.tensor import decode_tensor
 
 from .. import metrics
 from ..backends.base import RunTimeout
 from ..models.cache import ModelCache
-from ..models.signature import bind_inputs, select_outputs
 from .batching import plan, run_batch, shared_rows
 from .request import Request
 
@@ -88,9 +85,10 @@ class Executor:
         arrays: list[tuple[str, np.ndarray]] = []
         for position, slot in enumerate(spec.inputs, start=1):
             arrays.append((slot.name, self._input(request, position, slot.key, slot.data, fetched)))
-        request.feed = bind_inputs(spec.model, loaded.inputs, arrays)
-        request.output_names = select_outputs(
-            spec.model, loaded.outputs, [o.name for o in spec.outputs], len(spec.outputs)
+        signature = loaded.signature
+        request.feed = signature.bind(arrays)
+        request.output_names = signature.outputs_for(
+            [o.name for o in spec.outputs], len(spec.outputs)
         )
         request.rows = shared_rows(request.feed)
         request.model = loaded.model
@@ -102,8 +100,7 @@ class Executor:
     ) -> np.ndarray:
         what = f"input {position} ({key})" if key else f"input {position}"
         if data is None:
-            if base_of(key) != request.entry.base:
-                raise ArgumentError(f"{what} must share the hash tag {request.entry.base}")
+            # Only keys the Function read as the caller are in refs (it checked their tag).
             data = request.entry.refs.get(key)
             if data == REF_LARGE:
                 data = fetched.get(key)
@@ -133,4 +130,7 @@ class Executor:
             raise BackendError(
                 f"{request.info.label} failed: {type(exc).__name__}: {exc}"
             ) from None
-        return results, (time.perf_counter_ns() - started) // 1000
+        run_us = (time.perf_counter_ns() - started) // 1000
+        info = request.info
+        metrics.series(info.name, str(info.version)).inference.observe(run_us / 1e6)
+        return results, run_us

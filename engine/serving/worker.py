@@ -16,6 +16,7 @@ away is waited out, never fatal.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -45,6 +46,13 @@ from .executor import Executor
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def settle_heap() -> None:
+    """Leave what is alive now (the frameworks, loaded models) out of the cyclic
+    collector's work (``gc.freeze``), so full collections stay short."""
+    gc.collect()
+    gc.freeze()
 
 
 def default_consumer_name() -> str:
@@ -145,9 +153,11 @@ class Worker:
             self._cache = ModelCache(
                 conn, self.config.backend_options(), self.config.max_models, self._runner
             )
+            self._cache.on_load = settle_heap
         else:
             self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
         self._executor = Executor(conn, self._cache)
+        settle_heap()
         log.info("connected to %s", self.config.redis_url)
 
     def disconnect(self) -> None:
