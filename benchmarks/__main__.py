@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     chaos.add_argument("--failover-requests", type=int, default=5000)
     chaos.add_argument("--tag", default="chaos")
 
+    brk = sub.add_parser("breakdown", help="where one request's time goes, at 1 in flight")
+    brk.add_argument("--requests", type=int, default=3000)
+    brk.add_argument("--tag", default="breakdown")
+
     mem = sub.add_parser("memory", help="worker RSS and Redis memory under 256 in flight")
     mem.add_argument("--seconds", type=float, default=300.0)
     mem.add_argument("--concurrency", type=int, default=256)
@@ -149,6 +153,13 @@ def cmd_memory(ns: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    if ns.command == "breakdown":
+        from . import breakdown
+
+        doc = breakdown.run_breakdown(ns.requests, WORK_DIR)
+        breakdown.print_breakdown(doc)
+        print(f"wrote {breakdown.write(doc, ns.tag)}")
+        return 0
     if ns.command == "chaos":
         from . import chaos  # imports the test scenarios only when asked
 

@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -68,6 +69,7 @@ class Worker:
         self._redis: redis.Redis | None = None
         self._conn: Any = None  # the hot loop's own connection: raw round trips
         self._pubsub: Any = None
+        self._notice_poll: Any = None
         self._cache: ModelCache | None = None
         self._executor: Executor | None = None
         self._clock_offset_ms = 0.0
@@ -149,6 +151,8 @@ class Worker:
         pubsub = conn.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(MODELS_CHANNEL)
         self._redis, self._pubsub = conn, pubsub
+        self._notice_poll = select.poll()
+        self._notice_poll.register(pubsub.connection._sock, select.POLLIN)
         if self._cache is None:
             self._cache = ModelCache(
                 conn, self.config.backend_options(), self.config.max_models, self._runner
@@ -168,7 +172,7 @@ class Worker:
             if closeable is not None:
                 with contextlib.suppress(Exception):  # already broken: nothing to release
                     closeable.close()
-        self._redis = self._pubsub = self._conn = None
+        self._redis = self._pubsub = self._conn = self._notice_poll = None
 
     def ensure_groups(self, conn: redis.Redis) -> None:
         for stream in self.streams:
@@ -244,7 +248,11 @@ class Worker:
         return replies
 
     def drain_notices(self) -> None:
+        """Forget moving resolutions named by MODELSTORE/MODELDEL notices. A drain
+        leaves nothing buffered, so a poll of the socket says whether there is more."""
         assert self._pubsub is not None and self._cache is not None
+        if self._notice_poll is not None and not self._notice_poll.poll(0):
+            return
         while True:
             message = self._pubsub.get_message(timeout=0)
             if message is None:
