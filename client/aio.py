@@ -23,14 +23,19 @@ from .protocol.commands import Command
 from .protocol.defaults import (
     DEFAULT_TIMEOUT_MS,
     DEFAULT_TTL_MS,
+    RECONNECT_WINDOW_S,
     REPLY_GRACE_S,
     REPLY_READ_BLOCK_MS,
 )
-from .protocol.errors import NoAnswerError, ReplicationError, translate_error
+from .protocol.errors import (
+    ConnectionLostError,
+    NoAnswerError,
+    OutcomeUnknownError,
+    ReplicationError,
+    translate_error,
+)
 from .protocol.replies import RunResult
 
-# How long a command keeps retrying while Redis restarts or fails over.
-RECONNECT_WINDOW_S = 15.0
 # A reply later than this means the connection is dead (a frozen or vanished host).
 COMMAND_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = REPLY_READ_BLOCK_MS / 1000 + 10
@@ -81,6 +86,17 @@ class _Run:
 _Item = tuple[Command | Call | Submit, "asyncio.Future[Any] | _Run"]
 
 
+def _lost(kind: str, owner: Any, exc: BaseException, window_s: float) -> ConnectionLostError:
+    """What a caller is told when Redis stayed away past the reconnect window."""
+    if kind == "run":
+        return OutcomeUnknownError(
+            f"request {owner.rid}: the connection to Redis was lost while enqueueing it "
+            f"({exc}); it may be queued and answered, but this client stopped waiting",
+            owner.rid,
+        )
+    return ConnectionLostError(f"Redis could not be reached for {window_s:g} s: {exc}")
+
+
 def _fail(owner: asyncio.Future[Any] | _Run, error: BaseException) -> None:
     if isinstance(owner, _Run):
         owner.fail(error)
@@ -100,10 +116,12 @@ class AsyncClient(Operations):
         ttl_ms: int = DEFAULT_TTL_MS,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        reconnect_window_s: float = RECONNECT_WINDOW_S,
     ) -> None:
         super().__init__(
             partition=partition, timeout_ms=timeout_ms, ttl_ms=ttl_ms,
             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+            reconnect_window_s=reconnect_window_s,
         )
         self._url = url
         # No socket timeout: replies are awaited with their own (see connection.py).
@@ -213,7 +231,7 @@ class AsyncClient(Operations):
         writes are SETs, and a run that did reach Redis is enqueued twice under one
         request id, whose caller takes the first answer."""
         loop = asyncio.get_running_loop()
-        backoff, deadline = Backoff(cap=0.5), loop.time() + RECONNECT_WINDOW_S
+        backoff, deadline = Backoff(cap=0.5), loop.time() + self.reconnect_window_s
         while True:
             try:
                 if sent is None:
@@ -225,9 +243,9 @@ class AsyncClient(Operations):
                 _raise_if_cancelled()
                 await self._pipe.reset()
                 if loop.time() > deadline:
-                    for _, _, owners in calls:
+                    for _, kind, owners in calls:
                         for owner in owners:
-                            _fail(owner, exc)
+                            _fail(owner, _lost(kind, owner, exc, self.reconnect_window_s))
                     return
                 await asyncio.sleep(backoff.next())
                 sent = None

@@ -33,6 +33,8 @@ from .protocol.defaults import (
     MAX_CALL_BYTES,
     MAX_CALL_REQUESTS,
     MAX_TIMEOUT_MS,
+    MAX_TTL_MS,
+    RECONNECT_WINDOW_S,
 )
 from .protocol.entries import InputSlot, OutputSlot, RunRequest
 from .protocol.errors import ArgumentError, DigestError
@@ -103,10 +105,20 @@ class Operations:
         ttl_ms: int = DEFAULT_TTL_MS,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        reconnect_window_s: float = RECONNECT_WINDOW_S,
     ) -> None:
         _check_int("partition", partition, 0)
         _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
-        _check_int("ttl_ms", ttl_ms, 0)
+        _check_int("ttl_ms", ttl_ms, 0, MAX_TTL_MS)
+        if isinstance(reconnect_window_s, bool) or not isinstance(
+            reconnect_window_s, int | float
+        ) or reconnect_window_s < 0:
+            raise ArgumentError(
+                f"reconnect_window_s must be a number of seconds, got {reconnect_window_s!r}"
+            )
+        # How long calls ride over a Redis that restarts or fails over; past it, a run
+        # raises OutcomeUnknownError (it may be queued) and other calls ECONN.
+        self.reconnect_window_s = float(reconnect_window_s)
         _check_int("wait_replicas", wait_replicas, 0)
         _check_int("wait_timeout_ms", wait_timeout_ms, 0)
         self.partition = partition

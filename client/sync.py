@@ -25,14 +25,19 @@ from .protocol.commands import Command
 from .protocol.defaults import (
     DEFAULT_TIMEOUT_MS,
     DEFAULT_TTL_MS,
+    RECONNECT_WINDOW_S,
     REPLY_GRACE_S,
     REPLY_READ_BLOCK_MS,
 )
-from .protocol.errors import NoAnswerError, ReplicationError, translate_error
+from .protocol.errors import (
+    ConnectionLostError,
+    NoAnswerError,
+    OutcomeUnknownError,
+    ReplicationError,
+    translate_error,
+)
 from .protocol.replies import RunResult
 
-# How long a command keeps retrying while Redis restarts or fails over.
-RECONNECT_WINDOW_S = 15.0
 _DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -59,10 +64,12 @@ class Client(Operations):
         ttl_ms: int = DEFAULT_TTL_MS,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        reconnect_window_s: float = RECONNECT_WINDOW_S,
     ) -> None:
         super().__init__(
             partition=partition, timeout_ms=timeout_ms, ttl_ms=ttl_ms,
             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+            reconnect_window_s=reconnect_window_s,
         )
         self._url = url
         # The reply connection blocks in XREAD: its socket waits longer than that.
@@ -153,26 +160,38 @@ class Client(Operations):
             raise translate_error(reply)
         return reply
 
-    def _send(self, batch: list[list[Any]], writes: bool) -> list[Any]:
+    def _send(self, batch: list[list[Any]], writes: bool, runs: Sequence[str] = ()) -> list[Any]:
         """One round trip on a pooled connection (with WAIT for durable writes);
         rides over a Redis restart for a while. Resending is safe: runs keep
-        their request ids, and the client takes the first answer of each."""
+        their request ids, and the client takes the first answer of each.
+        ``runs`` names the runs the batch enqueues (told EUNKNOWN if it fails)."""
         durable = writes and self.wait_replicas > 0
         if durable:
             batch = [*batch, ["WAIT", self.wait_replicas, self.wait_timeout_ms]]
-        backoff, deadline = Backoff(cap=0.5), time.monotonic() + RECONNECT_WINDOW_S
+        backoff, deadline = Backoff(cap=0.5), time.monotonic() + self.reconnect_window_s
         while True:
-            conn = self._pool.get_connection()
+            conn = None
             try:
+                conn = self._pool.get_connection()
                 replies = roundtrip(conn, batch)
                 break
-            except _DOWN:
-                conn.disconnect()
+            except _DOWN as exc:
+                if conn is not None:
+                    conn.disconnect()
                 if self._closed or time.monotonic() > deadline:
-                    raise
+                    if runs:
+                        raise OutcomeUnknownError(
+                            f"request {runs[0]}: the connection to Redis was lost while "
+                            f"enqueueing it ({exc}); it may be queued and answered, but this "
+                            "client stopped waiting", runs[0],
+                        ) from None
+                    raise ConnectionLostError(
+                        f"Redis could not be reached for {self.reconnect_window_s:g} s: {exc}"
+                    ) from None
                 time.sleep(backoff.next())
             finally:
-                self._pool.release(conn)
+                if conn is not None:
+                    self._pool.release(conn)
         if durable:
             acked = replies.pop()
             if isinstance(acked, Exception) or acked < self.wait_replicas:
@@ -200,7 +219,7 @@ class Client(Operations):
                 self._give_turn()
         if replies is None:
             try:
-                replies = self._send(wire, True)
+                replies = self._send(wire, True, [f.rid for f in futures])
             except BaseException:
                 for future in futures:
                     self._inflight.forget(future.rid)

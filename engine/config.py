@@ -47,6 +47,10 @@ class WorkerConfig:
         "help": "backend option KEY=VALUE, e.g. skops_trusted=pkg.Class,pkg.func (repeatable)",
         "action": "append", "metavar": "KEY=VALUE",
     })
+    max_unpacked_mb: int = _opt(
+        4096, "refuse a model archive that unpacks to more (also bounded by 200x its size)"
+    )
+    max_archive_entries: int = _opt(100_000, "refuse a model archive with more entries")
     metrics_addr: str = _opt("127.0.0.1", "address the /metrics endpoint listens on")
     metrics_port: int = _opt(
         0, "serve Prometheus /metrics on this port (0: off); with up/demo, worker i uses port + i"
@@ -63,6 +67,8 @@ class WorkerConfig:
             inter_op_threads=self.inter_op_threads,
             trust_unsafe_formats=self.trust_unsafe_formats,
             extra=_pairs(self.backend_option),
+            max_unpacked_bytes=self.max_unpacked_mb * 1024 * 1024,
+            max_archive_entries=self.max_archive_entries,
         )
 
     @classmethod

@@ -21,11 +21,17 @@ local INLINE_LIMIT = 256 * 1024
 local DEFAULT_TIMEOUT_MS = 30000
 local MAX_TIMEOUT_MS = 24 * 3600 * 1000
 local DEFAULT_TTL_MS = 3600 * 1000
+local MAX_TTL_MS = 1000000000000
 local STAGING_TTL_MS = 3600 * 1000
 local GROUP = 'inferis'
 local MODELS_CHANNEL = 'inferis:models'
 local DEADLETTER_MAXLEN = 10000
 local MAX_CALL_REQUESTS = 256
+-- No Function may hold Redis for long: what Lua converts element by element
+-- (VALUES in and out) and what it builds from nothing (a tensor without data)
+-- is bounded; larger tensors travel as BLOB or RAW, which are plain copies.
+local MAX_LUA_VALUES = 262144
+local MAX_ZERO_FILL_BYTES = 16 * 1024 * 1024
 -- Markers of the @<key> entry fields of inputs passed by key (client/protocol/entries.py).
 local REF_LARGE, REF_MISSING, REF_NOT_STRING = '', '-', '!'
 
@@ -104,6 +110,17 @@ end
 local function check_name(name)
   if type(name) ~= 'string' or #name == 0 or #name > 128 or not string.match(name, '^[%w][%w_.%-]*$') then
     fail('EARGS', 'model name must be 1-128 characters of letters, digits, _ . - (got ' .. tostring(name) .. ')')
+  end
+end
+
+-- A Function does all it promises or writes nothing. Redis checks each command
+-- against the caller's ACL as it runs, so a write refused half way would leave
+-- the earlier ones done: each Function asks about all its writes first.
+local function may(what, ...)
+  local ok, allowed = pcall(redis.acl_check_cmd, ...)
+  if not (ok and allowed) then
+    fail('ENOPERM', 'this user may not ' .. what .. ' (' .. select(1, ...) .. ' ' .. tostring(select(2, ...))
+      .. '), which this call needs; nothing was written')
   end
 end
 
@@ -208,6 +225,10 @@ end
 
 local function pack_values(dtype, values, count)
   local spec = DTYPES[dtype]
+  if count > MAX_LUA_VALUES then
+    fail('ETENSOR', 'VALUES takes at most ' .. MAX_LUA_VALUES .. ' items (this shape has ' .. count
+      .. '); send BLOB or RAW')
+  end
   if #values ~= count then
     fail('ETENSOR', 'VALUES has ' .. #values .. ' items, the shape needs ' .. count)
   end
@@ -285,6 +306,7 @@ local function tensorset(keys, args)
     if #args ~= 2 then fail('EARGS', 'TENSORSET key RAW takes exactly one value') end
     parse_tensor(args[2], 'value')
     check_writable(key)
+    may('write the tensor', 'SET', key, 'x')
     redis.call('SET', key, args[2])
     return 'OK'
   end
@@ -315,11 +337,16 @@ local function tensorset(keys, args)
   elseif dtype == 'str' then
     data = pack_values(dtype, {}, count)
   else
-    data = string.rep('\0', count * DTYPES[dtype].size)
+    if count * size > MAX_ZERO_FILL_BYTES then
+      fail('ETENSOR', 'a tensor without BLOB or VALUES is zero-filled up to ' .. MAX_ZERO_FILL_BYTES
+        .. ' bytes; this one would be ' .. count * size .. '; send BLOB')
+    end
+    data = string.rep('\0', count * size)
   end
   local value = encode_header(dtype, shape) .. data
   parse_tensor(value, 'value')
   check_writable(key)
+  may('write the tensor', 'SET', key, 'x')
   redis.call('SET', key, value)
   return 'OK'
 end
@@ -339,6 +366,10 @@ local function tensorget(keys, args)
       out[#out + 1] = 'dtype'; out[#out + 1] = dtype
       out[#out + 1] = 'shape'; out[#out + 1] = shape
     elseif u == 'VALUES' then
+      if count > MAX_LUA_VALUES then
+        fail('ETENSOR', 'VALUES returns at most ' .. MAX_LUA_VALUES .. ' items (tensor ' .. key
+          .. ' has ' .. count .. '); read BLOB or RAW')
+      end
       out[#out + 1] = 'values'; out[#out + 1] = unpack_values(dtype, v, off, count)
     elseif u == 'BLOB' then
       out[#out + 1] = 'blob'; out[#out + 1] = string.sub(v, off + 1)
@@ -414,6 +445,7 @@ local function modelchunk(keys, args)
   local base = model_base(name)
   -- A committed blob is immutable: never put a TTL back on its chunks.
   if redis.call('HEXISTS', base .. ':digests', digest) == 1 then return 0 end
+  may('stage the chunk', 'SET', base .. ':blob:' .. digest .. ':' .. index, 'x')
   redis.call('SET', base .. ':blob:' .. digest .. ':' .. index, blob, 'PX', STAGING_TTL_MS)
   return 1
 end
@@ -476,6 +508,13 @@ local function modelstore(keys, args)
   local existing = redis.call('HGET', base .. ':digests', digest)
   if existing then return {tonumber(existing), digest, 0} end
 
+  may('store the blob', chunks and 'PERSIST' or 'SET', base .. ':blob:' .. digest .. ':0', 'x')
+  may('number the version', 'INCR', base .. ':seq')
+  may('write the metadata', 'HSET', base .. ':v:1', 'f', 'v')
+  may('index the digest', 'HSET', base .. ':digests', 'f', 'v')
+  may('list the version', 'ZADD', base .. ':versions', '1', '1')
+  may('point latest', 'SET', base .. ':latest', '1')
+  may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
   local size = 0
   if chunks then
     for c = 0, chunks - 1 do
@@ -560,6 +599,12 @@ local function modeldel(keys, args)
   local name = keys[1]
   check_name(name)
   local base = model_base(name)
+  may('delete the blob and metadata', 'DEL', base .. ':v:1')
+  may('unindex the digest', 'HDEL', base .. ':digests', 'f')
+  may('unlist the version', 'ZREM', base .. ':versions', '1')
+  may('drop its aliases', 'HDEL', base .. ':aliases', 'f')
+  may('point latest', 'SET', base .. ':latest', '1')
+  may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
   local deleted = 0
   if upper(args[1]) == 'VERSION' then
     local version = resolve_version(base, name, args[2])
@@ -608,6 +653,8 @@ end
 -- Back-pressure and the count of requests queued or running: refuse at once
 -- rather than let latency grow without bound.
 local function admit(stream, config, n)
+  may('count the queue', 'HINCRBY', config, 'queued', '1')
+  may('enqueue', 'XADD', stream, '*', 'f', 'v')
   local cfg = redis.call('HMGET', config, 'max_queue', 'queued')
   local max_queue = tonumber(cfg[1] or '0') or 0
   local queued = tonumber(cfg[2] or '0') or 0
@@ -671,7 +718,7 @@ local function modelrun(keys, args)
       if args[i + 2] == nil then fail('EARGS', 'DATA takes index value') end
       r.data[idx] = args[i + 2]; i = i + 3
     elseif u == 'TIMEOUT' then r.timeout = to_int(args[i + 1], 'TIMEOUT', 1, MAX_TIMEOUT_MS); i = i + 2
-    elseif u == 'TTL' then r.ttl = to_int(args[i + 1], 'TTL', 0, 1000000000000); i = i + 2
+    elseif u == 'TTL' then r.ttl = to_int(args[i + 1], 'TTL', 0, MAX_TTL_MS); i = i + 2
     elseif u == 'REPLYTO' then r.reply = args[i + 1] or ''; i = i + 2
     elseif u == 'ID' then r.rid = args[i + 1]; i = i + 2
     elseif u == 'EPHEMERAL' then r.ephemeral = true; i = i + 1
@@ -718,6 +765,11 @@ local function modelrun(keys, args)
       if value ~= REF_LARGE then parse_tensor(value, what) end
       ins[j] = {name, key}
       refs[key] = value
+    end
+  end
+  for j = 1, r.n_in do
+    if r.data[j] and not (r.ephemeral and #r.data[j] <= INLINE_LIMIT) then
+      may('keep the input', 'SET', keys[1 + j], 'x')
     end
   end
   admit(stream, base .. ':config', 1)
@@ -845,6 +897,30 @@ local function complete(keys, args)
   return answered
 end
 
+-- _INFERIS_PRUNE stream | min_idle_ms live_name...: forget consumers that own
+-- nothing, have been silent at least min_idle_ms and are not among the live
+-- names (connected workers): workers that died. Atomic, so an entry can never be
+-- handed to a consumer between the look and the delete: deleting a consumer
+-- that owns entries would make them unclaimable. Returns the names.
+local function prune(keys, args)
+  local stream, min_idle = keys[1], tonumber(args[1])
+  local live = {}
+  for j = 2, #args do live[args[j]] = true end
+  local gone = {}
+  if redis.call('EXISTS', stream) == 0 then return gone end
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', stream, GROUP)
+  if not ok then return gone end
+  for _, c in ipairs(consumers) do
+    local f = {}
+    for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+    if tonumber(f.pending) == 0 and tonumber(f.idle) >= min_idle and not live[f.name] then
+      redis.call('XGROUP', 'DELCONSUMER', stream, GROUP, f.name)
+      gone[#gone + 1] = f.name
+    end
+  end
+  return gone
+end
+
 local function version(keys, args) return LIB_VERSION end
 
 redis.register_function{function_name = 'TENSORSET', callback = guarded(tensorset)}
@@ -856,4 +932,5 @@ redis.register_function{function_name = 'MODELDEL', callback = guarded(modeldel)
 redis.register_function{function_name = 'MODELRUN', callback = guarded(modelrun)}
 redis.register_function{function_name = 'MODELRUNMANY', callback = guarded(modelrunmany)}
 redis.register_function{function_name = '_INFERIS_COMPLETE', callback = guarded(complete)}
+redis.register_function{function_name = '_INFERIS_PRUNE', callback = guarded(prune)}
 redis.register_function{function_name = 'INFERIS_VERSION', callback = version, flags = {'no-writes'}}

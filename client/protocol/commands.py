@@ -226,3 +226,9 @@ def complete(stream: str, settlements: Sequence[Settlement]) -> Command:
             call_keys.append(w.key)
             args += [w.op, w.ttl_ms, w.value]
     return Command("_INFERIS_COMPLETE", call_keys, args)
+
+
+def prune_consumers(stream: str, min_idle_ms: int, live: Sequence[str]) -> Command:
+    """``_INFERIS_PRUNE``: forget consumers of the group that own nothing, have been
+    silent ``min_idle_ms`` and are not ``live`` (connected), atomically."""
+    return Command("_INFERIS_PRUNE", [stream], [min_idle_ms, *live])

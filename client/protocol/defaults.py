@@ -18,12 +18,16 @@ FUNCTION_LIBRARY = "inferis"  # FUNCTION LOAD name of lua/inferis.lua
 DEFAULT_TIMEOUT_MS = 30_000  # a request's deadline when the caller names none
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 DEFAULT_TTL_MS = 3_600_000  # how long keys a run writes (large outputs, replies) live
+MAX_TTL_MS = 10**12  # about 31 years: anything longer overflows Redis's expiry arithmetic
 # How long after its deadline a caller still waits for the worker's own
 # EDEADLINE answer before giving up locally (NoAnswerError).
 REPLY_GRACE_S = 0.5
 # Tensors up to this size travel inside the request entry and the reply, so
 # neither side needs another round trip; larger ones are read by key.
 INLINE_LIMIT = 256 * 1024
+
+# How long a client's calls ride over a Redis that restarts or fails over.
+RECONNECT_WINDOW_S = 15.0
 
 # A client coalesces concurrent runs into one MODELRUNMANY call of at most
 # this many requests and about this many bytes of tensors.
@@ -35,6 +39,11 @@ MAX_CALL_BYTES = 8 * 1024 * 1024
 MAX_RANK = 8
 # Redis refuses bulk strings over 512 MB by default; stay well inside it.
 MAX_TENSOR_BYTES = 256 * 1024 * 1024
+# No Function may hold Redis for long: TENSORSET/TENSORGET ... VALUES convert at
+# most this many items in Lua, and a tensor without data is zero-filled up to
+# MAX_ZERO_FILL_BYTES; larger tensors travel as BLOB or RAW (plain copies).
+MAX_LUA_VALUES = 262_144
+MAX_ZERO_FILL_BYTES = 16 * 1024 * 1024
 
 # ---------------------------------------------------------------- models
 

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 from . import keys
+from .defaults import MAX_TIMEOUT_MS, MAX_TTL_MS
 from .errors import ArgumentError, InferisError
 
 # Markers of @<key> fields for inputs passed by key (see the module docstring).
@@ -172,7 +173,8 @@ def _well_formed(record: dict[bytes, Any]) -> RunRequest | None:
     ins, outs = get(b"in", ()), get(b"out", ())
     if not (
         type(rid) is bytes and type(model) is bytes and type(ver) is bytes
-        and type(timeout) is int and timeout >= 0 and type(ttl) is int and ttl >= 0
+        and type(timeout) is int and 0 <= timeout <= MAX_TIMEOUT_MS
+        and type(ttl) is int and 0 <= ttl <= MAX_TTL_MS
         and type(ins) is list and type(outs) is list
     ):
         return None
@@ -214,8 +216,8 @@ def _checked(entry_id: str, index: int, record: Any) -> RunRequest:
             rid=_text(record.get(b"id"), "id"),
             model=_text(record.get(b"model"), "model"),
             version=_text(record.get(b"ver", b""), "ver"),
-            timeout_ms=_int(record.get(b"timeout"), "timeout"),
-            ttl_ms=_int(record.get(b"ttl", 0), "ttl"),
+            timeout_ms=_int(record.get(b"timeout"), "timeout", MAX_TIMEOUT_MS),
+            ttl_ms=_int(record.get(b"ttl", 0), "ttl", MAX_TTL_MS),
             ephemeral=bool(record.get(b"eph", False)),
             inputs=[_input(slot) for slot in _list(record.get(b"in", []), "in")],
             outputs=[_output(slot) for slot in _list(record.get(b"out", []), "out")],
@@ -233,10 +235,10 @@ def _text(value: Any, what: str) -> str:
     raise ArgumentError(f"request record field {what!r} must be a string")
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+def _int(value: Any, what: str, most: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= most:
         return value
-    raise ArgumentError(f"request record field {what!r} must be a non-negative integer")
+    raise ArgumentError(f"request record field {what!r} must be an integer from 0 to {most}")
 
 
 def _list(value: Any, what: str) -> list[Any]:

@@ -6,6 +6,8 @@ Functions library and in the ``code`` field of error replies written by workers.
 
 from __future__ import annotations
 
+from redis import exceptions as redis_errors
+
 
 class InferisError(Exception):
     """Base class; ``code`` is the stable wire code of the error."""
@@ -81,6 +83,47 @@ class BusyError(InferisError):
     code = "EBUSY"
 
 
+class OutOfMemoryError(InferisError, MemoryError):
+    """Redis refused a write: it reached its ``maxmemory`` (Redis's own OOM)."""
+
+    code = "EOOM"
+
+
+class PermissionDeniedError(InferisError, PermissionError):
+    """Redis's ACL refused a command for this user (Redis's own NOPERM)."""
+
+    code = "ENOPERM"
+
+
+class LibraryMissingError(InferisError):
+    """The Redis has no (or another) inferis Functions library loaded."""
+
+    code = "ELIBRARY"
+
+
+class RedisRefusedError(InferisError):
+    """Redis refused a command for a reason of its own (the message is Redis's)."""
+
+    code = "EREDIS"
+
+
+class ConnectionLostError(InferisError, ConnectionError):
+    """Redis could not be reached within the client's reconnect window."""
+
+    code = "ECONN"
+
+
+class OutcomeUnknownError(ConnectionLostError):
+    """The connection broke while a run was being enqueued: it may or may not be
+    queued, and any answer it gets is not waited for. ``rid`` names it."""
+
+    code = "EUNKNOWN"
+
+    def __init__(self, message: str, rid: str = "") -> None:
+        super().__init__(message)
+        self.rid = rid
+
+
 _BY_CODE: dict[str, type[InferisError]] = {
     cls.code: cls
     for cls in (
@@ -96,7 +139,27 @@ _BY_CODE: dict[str, type[InferisError]] = {
         DeadLetteredError,
         BusyError,
         ReplicationError,
+        OutOfMemoryError,
+        PermissionDeniedError,
+        LibraryMissingError,
+        RedisRefusedError,
+        ConnectionLostError,
+        OutcomeUnknownError,
     )
+}
+
+# Redis's own refusals as inferis errors, so callers meet one family of
+# exceptions whatever refused them: by redis-py's class (it strips the code of
+# those it knows) or by the first word of the reply.
+_REDIS_CLASSES: dict[type[Exception], type[InferisError]] = {
+    redis_errors.OutOfMemoryError: OutOfMemoryError,
+    redis_errors.NoPermissionError: PermissionDeniedError,
+}
+_REDIS_REFUSALS: dict[str, type[InferisError]] = {
+    "OOM": OutOfMemoryError,
+    "NOPERM": PermissionDeniedError,
+    "WRONGTYPE": ArgumentError,
+    "BUSY": BusyError,
 }
 
 
@@ -121,9 +184,26 @@ def error_from_reply(text: str) -> InferisError | None:
     return None
 
 
-def translate_error(exc: Exception) -> Exception:
-    """A Redis error reply carrying an inferis code as its exception; others unchanged."""
+def translate_error(exc: Exception) -> InferisError:
+    """A Redis error reply as an inferis exception: its own code when a Function
+    raised it, else Redis's refusal mapped to one (EOOM, ENOPERM, ...)."""
     if isinstance(exc, InferisError):
         return exc
-    mapped = error_from_reply(str(exc))
-    return exc if mapped is None else mapped
+    text = str(exc)
+    mapped = error_from_reply(text)
+    if mapped is not None:
+        return mapped
+    for redis_class, cls in _REDIS_CLASSES.items():
+        if isinstance(exc, redis_class):
+            code = getattr(exc, "status_code", "") or ""
+            return cls(f"Redis refused it: {code} {text}".replace("  ", " "))
+    word = text.partition(" ")[0]
+    if "Function not found" in text or "Library not found" in text:
+        return LibraryMissingError(
+            f"the inferis Functions library is not loaded on this Redis ({text}); "
+            "load it with: inferis load-library --redis URL"
+        )
+    cls = _REDIS_REFUSALS.get(word)
+    if cls is not None:
+        return cls(f"Redis refused it: {text}")
+    return RedisRefusedError(text)

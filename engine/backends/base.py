@@ -41,6 +41,9 @@ class BackendOptions:
     # Formats that execute code on load (pickle) are refused unless trusted.
     trust_unsafe_formats: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    # What one model archive may unpack to (archives.py also bounds it by the blob).
+    max_unpacked_bytes: int = 4096 * 1024 * 1024
+    max_archive_entries: int = 100_000
 
 
 class RunTimeout(BackendError):

@@ -21,6 +21,7 @@ import numpy as np
 from inferis.client.protocol.errors import UnsafeModelError
 from inferis.client.protocol.tensor import wire_dtype
 
+from .archives import check_zip
 from .base import ANY_DTYPE, BackendOptions, ModelInfo, TensorSpec
 
 SAFE_FORMATS = ("skops",)
@@ -84,6 +85,7 @@ def _load_skops(blob: bytes, info: ModelInfo, options: BackendOptions) -> Any:
     by_operator = {
         n.strip() for n in options.extra.get(SKOPS_TRUSTED_OPTION, "").split(",") if n.strip()
     }
+    check_zip(blob, options, "the skops file")
     needed = sio.get_untrusted_types(data=blob)
     refused = [n for n in needed if n not in by_operator and not trusted_by_package(n)]
     if refused:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .archives import check_tar
 from .base import UNSUPPORTED_DTYPE, BackendOptions, ModelInfo, TensorSpec, gpu_index
 from .savedmodel import SAVED_MODEL_FILES
 from .savedmodel import pack_saved_model as pack_saved_model  # re-exported for callers
@@ -161,7 +162,8 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise ValueError(f"archive member {name!r} is not a file or directory; refusing it")
 
 
-def _extract(blob: bytes, target: Path) -> None:
+def _extract(blob: bytes, target: Path, options: BackendOptions) -> None:
+    check_tar(blob, options, "the SavedModel archive")
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as archive:
             members = archive.getmembers()
@@ -196,13 +198,15 @@ def _saved_model_root(folder: Path) -> Path:
 class SavedModelModel:
     """One signature of a SavedModel unpacked into a private temporary directory."""
 
-    def __init__(self, blob: bytes, info: ModelInfo, device: str) -> None:
+    def __init__(
+        self, blob: bytes, info: ModelInfo, device: str, options: BackendOptions
+    ) -> None:
         self.device = _worker_device(device)
         self._dir = tempfile.mkdtemp(prefix="inferis-tf-")
         # Removes the directory even if close() is never called (e.g. at exit).
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         try:
-            _extract(blob, Path(self._dir))
+            _extract(blob, Path(self._dir), options)
             root = _saved_model_root(Path(self._dir))
             self._device = device
             with tf.device(device):
@@ -380,7 +384,7 @@ class TensorFlowBackend:
         _configure_threads(options)
         fmt = info.format or "savedmodel"
         if fmt == "savedmodel":
-            return SavedModelModel(blob, info, _device(info, options))
+            return SavedModelModel(blob, info, _device(info, options), options)
         if fmt == "graphdef":
             return GraphDefModel(blob, info, options, _device(info, options))
         raise ValueError(

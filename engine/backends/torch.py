@@ -33,6 +33,7 @@ from torch.utils import _pytree as pytree
 from inferis.client.protocol.errors import InferisError, InputError, UnsafeModelError
 from inferis.client.protocol.tensor import numpy_dtype
 
+from .archives import check_zip
 from .base import ANY_DTYPE, UNSUPPORTED_DTYPE, BackendOptions, ModelInfo, TensorSpec, gpu_index
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,10 @@ def _archive_kind(blob: bytes) -> str | None:
     return None
 
 
-def _open_archive(blob: bytes, want: str, load: Callable[[io.BytesIO], Any]) -> Any:
+def _open_archive(
+    blob: bytes, want: str, load: Callable[[io.BytesIO], Any], options: BackendOptions
+) -> Any:
+    check_zip(blob, options, f"the {want} archive")
     kind = _archive_kind(blob)
     if kind is not None and kind != want:
         raise ValueError(_MISMATCH[kind])
@@ -343,18 +347,18 @@ def _scripted_model(
 
 
 def _load_torchscript(
-    blob: bytes, info: ModelInfo, device: torch.device, trusted: bool
+    blob: bytes, info: ModelInfo, device: torch.device, options: BackendOptions
 ) -> TorchModel:
     # TorchScript archives unpickle with torch's restricted unpickler: no Python code runs.
     module = _open_archive(
-        blob, "torchscript", lambda f: torch.jit.load(f, map_location=device)
+        blob, "torchscript", lambda f: torch.jit.load(f, map_location=device), options
     )
     module.eval()  # a module saved in training mode would run dropout and batch statistics
     return _scripted_model(module, module.forward.schema, info, device, "forward", True)
 
 
 def _load_source(
-    blob: bytes, info: ModelInfo, device: torch.device, trusted: bool
+    blob: bytes, info: ModelInfo, device: torch.device, options: BackendOptions
 ) -> TorchModel:
     # TorchScript is a typed subset of Python compiled by torch itself: it cannot
     # import modules or call Python functions, so storing a script does not let
@@ -461,10 +465,10 @@ def _unsafe_pt2(info: ModelInfo, content: str) -> UnsafeModelError:
 
 
 def _load_pt2(
-    blob: bytes, info: ModelInfo, device: torch.device, trusted: bool
+    blob: bytes, info: ModelInfo, device: torch.device, options: BackendOptions
 ) -> TorchModel:
-    if trusted:
-        program = _open_archive(blob, "pt2", torch.export.load)
+    if options.trust_unsafe_formats:
+        program = _open_archive(blob, "pt2", torch.export.load, options)
     else:
         code = _pt2_code(blob)
         if code is not None:
@@ -479,7 +483,7 @@ def _load_pt2(
                 what = f" ({found.group(1)})" if found else ""
                 raise _unsafe_pt2(info, f"pickled objects beyond tensors{what}") from None
 
-        program = _open_archive(blob, "pt2", load)
+        program = _open_archive(blob, "pt2", load, options)
     if device.type != "cpu":
         program = move_to_device_pass(program, device)
     signature = program.graph_signature
@@ -526,5 +530,5 @@ class TorchBackend:
                 f"backend torch has no format {fmt!r}; formats: {', '.join(FORMATS)}"
             )
         _configure_threads(options)
-        return loader(blob, info, _select_device(info, options), options.trust_unsafe_formats)
+        return loader(blob, info, _select_device(info, options), options)
 

@@ -11,7 +11,7 @@ import json
 import shutil
 import subprocess
 import time
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -35,6 +35,8 @@ def build_iris_model() -> tuple[bytes, object, np.ndarray]:
 def _redis_cli(url: str, *args: str) -> str:
     parsed = urlparse(url)
     cmd = ["redis-cli", "-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 6379)]
+    if parsed.password:
+        cmd += ["-a", unquote(parsed.password), "--no-auth-warning"]
     return subprocess.run([*cmd, *args], check=True, capture_output=True, text=True).stdout
 
 

@@ -14,7 +14,7 @@ from inferis.client.connection import sync_connection
 from inferis.lua import ensure_library
 
 from ..config import WorkerConfig, add_worker_arguments, worker_argv
-from ..local.embedded import EmbeddedRedis
+from ..local.embedded import EmbeddedRedis, data_dir_password
 from ..local.supervisor import WorkerPool
 from ..serving.worker import Worker
 
@@ -30,6 +30,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     up.add_argument("--port", type=int, default=0, help="port for the private Redis (0: any free)")
     up.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
+    up.add_argument("--no-password", action="store_true",
+                    help="start the private Redis without a password (default: one is made "
+                         "and kept in the data directory)")
     add_worker_arguments(up)
     up.set_defaults(handler=cmd_up)
 
@@ -82,11 +85,16 @@ def running(
     port: int = 0,
     appendfsync: str = "everysec",
     metrics_base_port: int = 0,
+    password: bool = True,
 ) -> Iterator[tuple[str, WorkerPool]]:
-    """Redis (private unless a URL is given) plus workers; everything stops on exit."""
+    """Redis (private unless a URL is given) plus workers; everything stops on exit.
+    The private Redis has a password unless ``password`` is False."""
     server = None
     if redis_url is None:
-        server = EmbeddedRedis(data_dir, port=port or None, appendfsync=appendfsync)
+        server = EmbeddedRedis(
+            data_dir, port=port or None, appendfsync=appendfsync,
+            password=data_dir_password(data_dir) if password else None,
+        )
         redis_url = server.start()
     pool = WorkerPool(redis_url, workers, worker_args, metrics_base_port)
     try:
@@ -104,7 +112,7 @@ def running(
 def cmd_up(ns: argparse.Namespace) -> int:
     with running(
         ns.redis, ns.workers, _child_argv(ns), Path(ns.data_dir), ns.port, ns.appendfsync,
-        ns.metrics_port,
+        ns.metrics_port, password=not ns.no_password,
     ) as (url, pool):
         print(f"inferis is up: {url} ({ns.workers} workers). Ctrl-C stops it.", flush=True)
         _serve_forever(pool)

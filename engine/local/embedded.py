@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -33,9 +36,25 @@ def find_redis_server() -> str:
     return path
 
 
-def _probe(port: int) -> redis.Redis:
+def _probe(port: int, password: str | None = None) -> redis.Redis:
     """A client that fails at once instead of retrying: we poll it ourselves."""
-    return redis.Redis(port=port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    return redis.Redis(
+        port=port, password=password, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def data_dir_password(data_dir: Path) -> str:
+    """The password of the private Redis kept in ``data_dir`` (made on first use,
+    readable by its owner only), so a restart in the same directory keeps it."""
+    path = Path(data_dir) / "password"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
 
 
 class EmbeddedRedis:
@@ -49,8 +68,10 @@ class EmbeddedRedis:
         appendonly: bool = True,
         appendfsync: str = "everysec",
         extra_config: dict[str, str] | None = None,
+        password: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.password = password
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
@@ -59,7 +80,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -77,6 +99,7 @@ class EmbeddedRedis:
             "save": '""',
             "daemonize": "no",
             "protected-mode": "yes",
+            **({"requirepass": self.password} if self.password else {}),
             **self.extra_config,
         }
         path = self.data_dir / "redis.conf"
@@ -95,7 +118,7 @@ class EmbeddedRedis:
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
-        client = _probe(self.port)
+        client = _probe(self.port, self.password)
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -129,7 +152,7 @@ class EmbeddedRedis:
         if self.process is None or self.process.poll() is not None:
             return
         try:
-            _probe(self.port).shutdown()
+            _probe(self.port, self.password).shutdown()
         except redis.ConnectionError:
             pass  # the expected end of SHUTDOWN
         except redis.ResponseError:

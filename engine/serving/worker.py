@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from inferis.client.connection import roundtrip, sync_connection
-from inferis.client.protocol import keys
+from inferis.client.protocol import commands, keys
 from inferis.client.protocol.backoff import Backoff
 from inferis.client.protocol.commands import Command
 from inferis.client.protocol.defaults import GROUP, MODELS_CHANNEL
@@ -140,6 +140,7 @@ class Worker:
             socket_timeout=max(5.0, self.config.block_ms / 1000 + 5),
             socket_connect_timeout=2.0,
             socket_keepalive=True,
+            client_name=self.consumer,  # CLIENT LIST tells live workers from dead consumers
         )
 
     def connect(self) -> None:
@@ -310,6 +311,7 @@ class Worker:
                     self.ensure_groups(self._redis)
                     continue
                 raise
+            self.forget_dead_consumers(stream)
             live = [(_text(i), f) for i, f in entries if f]
             if not live:
                 continue
@@ -317,6 +319,19 @@ class Worker:
             metrics.RECLAIMED.inc(len(live))
             handled += self.serve(stream, live, self.delivery_counts(stream, live))
         return handled
+
+    def forget_dead_consumers(self, stream: str) -> None:
+        """Remove consumers of workers that are gone: they own nothing, have been
+        silent a while, and no connection carries their name (each worker names its
+        connections after its consumer), so the group lists the live ones."""
+        assert self._redis is not None
+        min_idle = max(4 * self.config.claim_idle_ms, 10 * self.config.block_ms)
+        live = sorted({c["name"] for c in self._redis.client_list() if c.get("name")})
+        command = commands.prune_consumers(stream, min_idle, live)
+        gone = self._redis.execute_command(*command.as_args())
+        if gone:
+            log.info("forgot %d dead consumer(s) on %s: %s", len(gone), stream,
+                     ", ".join(_text(g) for g in gone))
 
     def delivery_counts(self, stream: str, entries: list[RawEntry]) -> dict[str, int]:
         assert self._redis is not None

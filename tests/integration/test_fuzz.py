@@ -4,6 +4,7 @@ the decoders. Each gets a clear error; Redis and the workers keep serving."""
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import pytest
@@ -15,16 +16,19 @@ from inferis.client import BusyError, Client, ModelInfo, TensorError, decode_ten
 from inferis.client.protocol import keys as K
 from inferis.engine.models.pipeline import parse_pipeline
 
-from . import models
+from .. import models
 
-CODES = ("EARGS", "ETENSOR", "EMODEL", "EINPUT", "EBUSY", "EDIGEST", "WRONGTYPE")
+CODES = ("EARGS", "ETENSOR", "EMODEL", "EINPUT", "EBUSY", "EDIGEST", "WRONGTYPE", "ENOPERM")
 FUNCTIONS = ["TENSORSET", "TENSORGET", "MODELCHUNK", "MODELSTORE", "MODELGET", "MODELDEL",
              "MODELRUN", "MODELRUNMANY"]
 WORDS = ["RAW", "BLOB", "VALUES", "META", "FLOAT", "int64", "str", "bool", "MODEL", "VERSION",
          "INPUTS", "OUTPUTS", "INNAMES", "OUTNAMES", "DATA", "TIMEOUT", "TTL", "REPLYTO", "ID",
          "BACKEND", "DIGEST", "CHUNKS", "INDEX", "INPUT", "OUTPUT", "BATCH", "PREFERRED", "TAG",
          "EPHEMERAL",
-         "-1", "0", "1", "2", "99999999999", "1e308", "-0", "nan", "", "ab" * 32, "{inferis:0}:x"]
+         "-1", "0", "1", "2", "99999999999", "1e308", "-0", "nan", "", "ab" * 32, "{inferis:0}:x",
+         # numeric spellings tonumber() would take and dimensions that overflow
+         "1e309", "inf", "0x10", " 7", "16384", "18446744073709551616", "4611686018427387904",
+         "268435457"]
 ARG = st.one_of(
     st.sampled_from(WORDS),
     st.integers(min_value=-(2**63), max_value=2**63 - 1).map(str),
@@ -148,3 +152,52 @@ def test_request_keys_expire(client: Client, workers, r: redis.Redis) -> None:
     inputs = r.keys(f"{K.partition_tag(0)}:r:{result.rid}:in:*")
     assert inputs and all(0 < r.pttl(k) <= 300 for k in inputs)
     short.close()
+
+
+MSGPACK_INT = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+RECORD_VALUE = st.one_of(
+    st.none(), st.booleans(), MSGPACK_INT, st.binary(max_size=24), st.text(max_size=8),
+    st.lists(st.one_of(st.binary(max_size=40), st.text(max_size=8), MSGPACK_INT), max_size=4),
+)
+RECORD = st.one_of(
+    st.dictionaries(st.sampled_from(["id", "model", "ver", "timeout", "ttl", "eph", "in", "out",
+                                     "other"]), RECORD_VALUE, max_size=9),
+    RECORD_VALUE,
+)
+
+
+def test_random_records_are_answered_and_serving_goes_on(
+    served: Client, r: redis.Redis, workers, iris
+) -> None:
+    """MODELRUNMANY stores records as given: whatever they hold, each one that names
+    a usable id gets an answer, and good requests beside them are served."""
+    import msgpack
+
+    from inferis.client import encode_tensor
+
+    reply = K.reply_stream(0, "fuzz")
+    good = {"id": "good.0", "model": "iris", "ver": "", "timeout": 20_000, "ttl": 60_000,
+            "eph": True, "in": [["X", "", encode_tensor(iris.features[:1])]], "out": []}
+
+    @settings(
+        max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(records=st.lists(RECORD, max_size=4))
+    def fuzz(records: list) -> None:
+        r.delete(reply)
+        batch = [*records, good]
+        packed = msgpack.packb(batch, use_bin_type=False)
+        r.fcall("MODELRUNMANY", 3, K.request_stream(0), K.partition_config(0), reply,
+                len(batch), packed)
+        deadline = time.monotonic() + 20
+        while not r.xlen(reply) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (_, fields), = r.xrange(reply)
+        answers = msgpack.unpackb(fields[b"d"], raw=False)
+        assert len(answers) == len(batch)  # every record answered, once
+        assert answers[-1]["rid"] == "good.0" and answers[-1]["ok"], answers[-1]
+
+    fuzz()
+    assert all(p.poll() is None for p in workers.processes)
+    out = served.predict("guarded.model.0", {"X": iris.features[:4]})
+    assert np.array_equal(out["label"], iris.reference(iris.features[:4])["label"])

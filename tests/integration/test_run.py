@@ -12,7 +12,7 @@ from inferis.client import ArgumentError, Client, ModelNotFoundError, Ref, decod
 from inferis.client.protocol import keys as K
 from inferis.client.protocol.defaults import GROUP
 
-from . import models
+from .. import models
 
 
 def test_predict_matches_in_process_onnxruntime(client: Client, workers, iris) -> None:

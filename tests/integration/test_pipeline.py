@@ -7,7 +7,7 @@ import pytest
 
 from inferis.client import ArgumentError, Client, InputError
 
-from . import models
+from .. import models
 
 
 @pytest.fixture

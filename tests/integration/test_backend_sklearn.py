@@ -44,7 +44,7 @@ from inferis.engine.local.supervisor import WorkerPool
 from inferis.engine.serving.worker import Worker
 from inferis.lua import ensure_library
 
-from .conftest import consumer_names, wait_for_consumers
+from ..conftest import consumer_names, wait_for_consumers
 
 Fitted = dict[str, tuple[Any, np.ndarray]]
 

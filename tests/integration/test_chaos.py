@@ -19,8 +19,8 @@ from inferis.engine.local.embedded import EmbeddedRedis
 from inferis.engine.local.supervisor import WorkerPool
 from inferis.lua import ensure_library
 
-from . import models
-from .conftest import consumer_names, queued, wait_for_consumers
+from .. import models
+from ..conftest import consumer_names, queued, wait_for_consumers
 
 pytestmark = pytest.mark.slow
 

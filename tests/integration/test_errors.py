@@ -28,7 +28,7 @@ from inferis.client import (
 )
 from inferis.client.protocol import keys as K
 
-from . import models
+from .. import models
 
 TAG = K.partition_tag(0)
 

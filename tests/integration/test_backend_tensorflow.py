@@ -32,7 +32,7 @@ from inferis.engine.backends.tensorflow import (
     pack_saved_model,
 )
 
-from .conftest import WorkerFactory
+from ..conftest import WorkerFactory
 
 
 def _tar_gz_in_folder(directory: Path, folder: str) -> bytes:

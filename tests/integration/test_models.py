@@ -19,7 +19,7 @@ from inferis.client import (
 )
 from inferis.client.protocol import keys as K
 
-from . import models
+from .. import models
 
 
 def test_store_get_versions_and_dedupe(client: Client, r: redis.Redis) -> None:

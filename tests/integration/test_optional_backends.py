@@ -11,7 +11,7 @@ import pytest
 
 from inferis.client import BackendUnavailableError, Client
 
-from . import models
+from .. import models
 
 
 @pytest.mark.parametrize(("package", "backend", "extra"), [

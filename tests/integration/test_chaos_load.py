@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from . import scenarios
+from .. import scenarios
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from inferis.engine.backends.onnx import OnnxBackend
 from inferis.engine.serving.batching import plan, shared_rows
 from inferis.engine.serving.request import Request
 
-from . import models
+from .. import models
 
 
 def _info(batching: Batching) -> ModelInfo:

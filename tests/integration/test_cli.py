@@ -16,7 +16,7 @@ import redis
 
 from inferis.client import Client
 
-from .conftest import consumer_names, wait_for_consumers
+from ..conftest import consumer_names, wait_for_consumers
 
 INFERIS = [sys.executable, "-m", "inferis.engine"]
 
@@ -36,9 +36,15 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path, iris) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        match = re.search(r"inferis is up: (redis://127\.0\.0\.1:(\d+)) \(2 workers\)", line)
+        match = re.search(
+            r"inferis is up: (redis://:([^@]+)@127\.0\.0\.1:(\d+)) \(2 workers\)", line
+        )
         assert match, line
-        url, port = match.group(1), int(match.group(2))
+        url, port = match.group(1), int(match.group(3))
+        with pytest.raises(redis.AuthenticationError):  # the private Redis has a password
+            redis.Redis(port=port).ping()
+        assert (data / "password").read_text().strip() == match.group(2)
+        assert (data / "password").stat().st_mode & 0o077 == 0
         conn = redis.Redis.from_url(url)
         with Client(url) as client:
             wait_for_consumers(conn, set(), 2)

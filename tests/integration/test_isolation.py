@@ -26,7 +26,7 @@ from inferis.engine.backends.base import BackendOptions, RunTimeout
 from inferis.engine.backends.onnx import OnnxBackend
 from inferis.engine.isolation.runner import IsolatedModel, IsolatedRunner
 
-from . import models
+from .. import models
 
 OPTIONS = BackendOptions()
 # Generous: these tests check that a hung run is cut off, never how fast.
@@ -370,7 +370,7 @@ def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
         import sys, time
         from inferis.engine.backends.base import BackendOptions
         from inferis.engine.isolation.runner import IsolatedRunner
-        from tests.test_isolation import _info, spin_model
+        from tests.integration.test_isolation import _info, spin_model
         import numpy as np
 
         runner = IsolatedRunner(BackendOptions())
@@ -382,7 +382,7 @@ def test_the_child_does_not_outlive_its_parent(tmp_path: Path) -> None:
     )
     parent = subprocess.Popen(
         [sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert parent.stdout is not None

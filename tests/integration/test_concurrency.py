@@ -12,8 +12,8 @@ from inferis.client import AsyncClient
 from inferis.client.aio import FLUSH_AT
 from inferis.client.protocol import keys as K
 
-from . import models
-from .conftest import queued
+from .. import models
+from ..conftest import queued
 
 
 async def test_250_requests_in_flight_on_one_connection(
