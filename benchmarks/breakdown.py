@@ -18,6 +18,7 @@ import bisect
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import statistics
 import time
@@ -95,6 +96,7 @@ def run_breakdown(requests: int, work_dir: Path) -> dict[str, Any]:
     from .workloads import build
 
     workload = build(["fraud"])[0]
+    shutil.rmtree(work_dir / "breakdown", ignore_errors=True)  # no AOF of an earlier run
     server = EmbeddedRedis(work_dir / "breakdown")
     server.start()
     conn = redis.Redis.from_url(server.url)

@@ -24,8 +24,12 @@ def library_version() -> str:
 
 
 def ensure_library(conn: Any) -> bool:
-    """Load (or replace) the library on ``conn`` (a redis-py client) unless this
-    version is there already. Returns True if it loaded it."""
+    """Load (or replace) the library on ``conn`` (a redis-py client) unless exactly
+    this source is there already. Returns True if it loaded it.
+
+    The version is asked first (a cheap call); when it matches, the loaded code is
+    compared too, so a library changed without a new version is still replaced.
+    """
     import redis
 
     try:
@@ -34,7 +38,25 @@ def ensure_library(conn: Any) -> bool:
         current = None
     if isinstance(current, bytes):
         current = current.decode()
-    if current == library_version():
+    if current == library_version() and _loaded_code(conn) in (None, library_source()):
         return False
     conn.function_load(library_source(), replace=True)
     return True
+
+
+def _loaded_code(conn: Any) -> str | None:
+    """The code of the loaded ``inferis`` library; None when this user may not list it."""
+    import redis
+
+    try:
+        listed = conn.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "inferis", "WITHCODE")
+    except redis.ResponseError:
+        return None
+    for library in listed or ():
+        fields = library if isinstance(library, dict) else dict(
+            zip(library[::2], library[1::2], strict=True)
+        )
+        code = fields.get(b"library_code", fields.get("library_code"))
+        if code is not None:
+            return code.decode() if isinstance(code, bytes) else str(code)
+    return None

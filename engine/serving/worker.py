@@ -326,9 +326,13 @@ class Worker:
         connections after its consumer), so the group lists the live ones."""
         assert self._redis is not None
         min_idle = max(4 * self.config.claim_idle_ms, 10 * self.config.block_ms)
-        live = sorted({c["name"] for c in self._redis.client_list() if c.get("name")})
-        command = commands.prune_consumers(stream, min_idle, live)
-        gone = self._redis.execute_command(*command.as_args())
+        try:
+            live = sorted({c["name"] for c in self._redis.client_list() if c.get("name")})
+            command = commands.prune_consumers(stream, min_idle, live)
+            gone = self._redis.execute_command(*command.as_args())
+        except redis.ResponseError as exc:  # housekeeping: never in the way of serving
+            log.warning("could not forget dead consumers on %s: %s", stream, exc)
+            return
         if gone:
             log.info("forgot %d dead consumer(s) on %s: %s", len(gone), stream,
                      ", ".join(_text(g) for g in gone))

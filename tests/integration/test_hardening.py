@@ -196,3 +196,18 @@ def test_raw_digest_of_a_refused_store_is_not_committed(r: redis.Redis, iris) ->
         r.fcall("MODELSTORE", 1, "iris", "BACKEND", "onnx", "DIGEST",
                 sha256(iris.blob).hexdigest(), "BATCH", "0x10", "5", "BLOB", iris.blob)
     assert r.keys("inferis:{iris}:*") == []
+
+
+def test_a_changed_library_is_replaced_even_under_the_same_version(r: redis.Redis) -> None:
+    """A library edited without a new LIB_VERSION (a stale data directory) is still
+    replaced: ensure_library compares the code, not only the version."""
+    from inferis.lua import library_source
+
+    prune = "redis.register_function{function_name = '_INFERIS_PRUNE'"
+    stale = library_source().replace(prune, "-- an older build without prune\n--" + prune)
+    r.function_load(stale, replace=True)
+    with pytest.raises(redis.ResponseError, match="Function not found"):
+        r.fcall("_INFERIS_PRUNE", 1, K.request_stream(0), 1)
+    assert ensure_library(r) is True
+    assert r.fcall("_INFERIS_PRUNE", 1, K.request_stream(0), 1) == []
+    assert ensure_library(r) is False
