@@ -1,10 +1,12 @@
-"""The asyncio client: the operations of operations.py over two connections.
+"""The asyncio client: the operations of operations.py over pipelined connections.
 
-One connection carries commands. Everything the callers ask while it waits for
-a round trip is sent together in the next one, and concurrent runs travel in
-one MODELRUNMANY call per partition, so 256 callers cost a few commands, not
-256. A second connection blocks on the reply streams and wakes each caller
-when its answer arrives.
+One connection per node carries commands (one node for a single Redis; in a
+Redis Cluster, the node owning each command's slot). Everything the callers
+ask in one turn of the event loop is written together, without waiting for
+earlier replies, and concurrent runs travel in one MODELRUNMANY call per
+partition, so 256 callers cost a few commands, not 256. One more connection
+per partition blocks on its reply stream and wakes each caller when its
+answer arrives.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 
 import redis
 
-from .connection import Pipe, aroundtrip, async_pool
-from .operations import Call, Operations, Plan, Submit, enqueue_commands
+from .connection import Pipe, aroundtrip
+from .operations import Call, Operations, Plan, Primaries, Submit, enqueue_commands
 from .protocol.backoff import Backoff
 from .protocol.commands import Command
 from .protocol.defaults import (
@@ -35,6 +37,7 @@ from .protocol.errors import (
     translate_error,
 )
 from .protocol.replies import RunResult
+from .routing import REDIRECTS, AsyncRoutes, is_cluster_url
 
 # A reply later than this means the connection is dead (a frozen or vanished host).
 COMMAND_TIMEOUT_S = 30.0
@@ -84,6 +87,9 @@ class _Run:
 
 
 _Item = tuple[Command | Call | Submit, "asyncio.Future[Any] | _Run"]
+# A command to write: its arguments, kind (read, write, run), where it goes
+# ((routing key, node name or None)) and the futures or runs it settles.
+_Call = tuple[list[Any], str, tuple[str, "str | None"], list[Any]]
 
 
 def _lost(kind: str, owner: Any, exc: BaseException, window_s: float) -> ConnectionLostError:
@@ -105,13 +111,18 @@ def _fail(owner: asyncio.Future[Any] | _Run, error: BaseException) -> None:
 
 
 class AsyncClient(Operations):
-    """asyncio client for inferis; method names follow redisai-py where they can."""
+    """asyncio client for inferis; method names follow redisai-py where they can.
+
+    ``url``: ``redis://``, ``rediss://``, ``redis+sentinel://`` or
+    ``redis+cluster://`` (see connection.py and routing.py).
+    """
 
     def __init__(
         self,
         url: str = "redis://localhost:6379",
         *,
         partition: int = 0,
+        partitions: int | Sequence[int] | None = None,
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         ttl_ms: int = DEFAULT_TTL_MS,
         wait_replicas: int = 0,
@@ -121,17 +132,19 @@ class AsyncClient(Operations):
         super().__init__(
             partition=partition, timeout_ms=timeout_ms, ttl_ms=ttl_ms,
             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
-            reconnect_window_s=reconnect_window_s,
+            reconnect_window_s=reconnect_window_s, partitions=partitions,
+            cluster=is_cluster_url(url),
         )
         self._url = url
         # No socket timeout: replies are awaited with their own (see connection.py).
-        self._pool = async_pool(url, socket_timeout=None)
-        self._pipe = Pipe(self._pool)
+        self._routes = AsyncRoutes(url, socket_timeout=None)
+        self._routes_ready = not self.cluster
+        self._pipes: dict[str, Pipe] = {}
         self._outbox: list[_Item] = []
         self._flush_due = False
         self._settling: set[asyncio.Task[None]] = set()
-        self._reader: asyncio.Task[None] | None = None
-        self._reader_conn: Any = None
+        self._readers: dict[int, asyncio.Task[None]] = {}
+        self._reader_conns: list[Any] = []
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -140,18 +153,19 @@ class AsyncClient(Operations):
         await self.close()
 
     async def close(self) -> None:
-        tasks = [t for t in (self._reader, *self._settling) if t is not None]
+        tasks = [*self._readers.values(), *self._settling]
         for task in tasks:
             task.cancel()
         if tasks:
             # A read blocked inside redis-py may take its time to notice; don't wait on it.
             await asyncio.wait(tasks, timeout=1.0)
-        self._reader = None
-        await self._pipe.close()
-        if self._reader_conn is not None:
+        self._readers = {}
+        for pipe in self._pipes.values():
+            await pipe.close()
+        for conn in self._reader_conns:
             with contextlib.suppress(Exception):
-                await self._reader_conn.disconnect(nowait=True)
-        await self._pool.aclose()
+                await conn.disconnect(nowait=True)
+        await self._routes.aclose()
 
     # ---------------------------------------------------------------- plans
 
@@ -162,7 +176,12 @@ class AsyncClient(Operations):
         value: Any = None
         try:
             while True:
-                value = await self._step(plan.send(value))
+                step = plan.send(value)
+                if isinstance(step, Primaries):
+                    await self._open_routes()
+                    value = self._routes.primaries()
+                else:
+                    value = await self._step(step)
         except StopIteration as stop:
             return stop.value
 
@@ -173,8 +192,9 @@ class AsyncClient(Operations):
         future: asyncio.Future[Any] = loop.create_future()
         if isinstance(step, Submit):
             run = _Run(future, step, self._inflight, loop)
-            if self._reader is None or self._reader.done():
-                self._reader = loop.create_task(self._read_loop())
+            reader = self._readers.get(step.partition)
+            if reader is None or reader.done():
+                self._readers[step.partition] = loop.create_task(self._read_loop(step.partition))
             self._outbox.append((step, run))
         else:
             self._outbox.append((step, future))
@@ -187,77 +207,137 @@ class AsyncClient(Operations):
 
     # ---------------------------------------------------------------- transport
 
+    async def _open_routes(self) -> None:
+        if not self._routes_ready:
+            await self._routes.open()
+            self._routes_ready = True
+
     def _flush(self) -> None:
-        """Write what is queued now; a task settles its futures from the replies."""
+        """Write what is queued now, one write per node; tasks settle the futures
+        from the replies."""
         self._flush_due = False
         batch, self._outbox = self._outbox, []
         batch = [(step, fut) for step, fut in batch if not fut.done()]
-        if not batch:
+        if batch:
+            self._write(self._calls(batch))
+
+    def _write(self, calls: list[_Call]) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._routes_ready:  # the slot map is not known yet: learn it first
+            task = loop.create_task(self._write_later(calls))
+        else:
+            for node, group in self._by_node(calls).items():
+                pipe = self._pipe(node)
+                wire = self._wire(group)
+                sent = pipe.write(wire) if pipe.ready else None
+                task = loop.create_task(self._settle(node, group, wire, sent))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
             return
-        calls = self._calls(batch)
-        wire = [args for args, _, _ in calls]
-        durable = self.wait_replicas > 0 and any(kind != "read" for _, kind, _ in calls)
-        if durable:  # WAIT covers every write sent before it on this connection
-            wire.append(["WAIT", self.wait_replicas, self.wait_timeout_ms])
-        sent = self._pipe.write(wire) if self._pipe.ready else None
-        task = asyncio.get_running_loop().create_task(self._settle(calls, wire, sent, durable))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    def _calls(self, batch: Sequence[_Item]) -> list[tuple[list[Any], str, list[Any]]]:
-        """The commands of a batch, each with its kind and the futures it settles;
-        runs travel together (enqueue_commands)."""
+    async def _write_later(self, calls: list[_Call]) -> None:
+        try:
+            await self._open_routes()
+        except (*_DOWN, redis.RedisError) as exc:
+            for call in calls:
+                for owner in call[3]:
+                    _fail(owner, ConnectionLostError(f"the cluster could not be reached: {exc}"))
+            return
+        self._write(calls)
+
+    def _by_node(self, calls: list[_Call]) -> dict[str, list[_Call]]:
+        groups: dict[str, list[_Call]] = {}
+        for call in calls:
+            route, node = call[2]
+            name = node if node is not None else self._routes.node_of(route)
+            groups.setdefault(name, []).append(call)
+        return groups
+
+    def _pipe(self, node: str) -> Pipe:
+        pipe = self._pipes.get(node)
+        if pipe is None:
+            pipe = self._pipes[node] = Pipe(lambda: self._routes.connection_to(node))
+        return pipe
+
+    def _wire(self, group: list[_Call]) -> list[list[Any]]:
+        wire = [args for args, _, _, _ in group]
+        if self._durable(group):  # WAIT covers every write sent before it on this connection
+            wire.append(["WAIT", self.wait_replicas, self.wait_timeout_ms])
+        return wire
+
+    def _durable(self, group: list[_Call]) -> bool:
+        return self.wait_replicas > 0 and any(kind != "read" for _, kind, _, _ in group)
+
+    def _calls(self, batch: Sequence[_Item]) -> list[_Call]:
+        """The commands of a batch, each with its kind, where it goes, and the
+        futures it settles; runs travel together (enqueue_commands)."""
         runs = [(step, fut) for step, fut in batch if isinstance(step, Submit)]
-        calls: list[tuple[list[Any], str, list[Any]]] = [
-            (step.as_args() if isinstance(step, Command) else list(step.args),
-             "write" if step.writes else "read", [fut])
-            for step, fut in batch if not isinstance(step, Submit)
-        ]
+        calls: list[_Call] = []
+        for step, fut in batch:
+            if isinstance(step, Command):
+                calls.append((step.as_args(), "write" if step.writes else "read",
+                              (step.keys[0] if step.keys else "", None), [fut]))
+            elif isinstance(step, Call):
+                calls.append((list(step.args), "write" if step.writes else "read",
+                              (step.route or "", step.node), [fut]))
         for command, owners in enqueue_commands(
             self._inflight, [s for s, _ in runs], [f for _, f in runs]
         ):
-            calls.append((command.as_args(), "run", owners))
+            calls.append((command.as_args(), "run", (command.keys[0], None), owners))
         return calls
 
     async def _settle(
         self,
-        calls: list[tuple[list[Any], str, list[Any]]],
+        node: str,
+        group: list[_Call],
         wire: list[list[Any]],
         sent: list[asyncio.Future[Any]] | None,
-        durable: bool,
     ) -> None:
-        """Await a batch's replies and settle its futures. While Redis restarts or fails
+        """Await a node's replies and settle its futures. While Redis restarts or fails
         over, the batch is resent for a while: stores are content-addressed, tensor
         writes are SETs, and a run that did reach Redis is enqueued twice under one
-        request id, whose caller takes the first answer."""
+        request id, whose caller takes the first answer. A command answered MOVED or
+        ASK (a slot moved) is sent again where the cluster now says."""
         loop = asyncio.get_running_loop()
         backoff, deadline = Backoff(cap=0.5), loop.time() + self.reconnect_window_s
+        pipe = self._pipe(node)
         while True:
             try:
                 if sent is None:
-                    await self._pipe.open()
-                    sent = self._pipe.write(wire)
+                    await pipe.open()
+                    sent = pipe.write(wire)
                 replies = await asyncio.wait_for(asyncio.gather(*sent), COMMAND_TIMEOUT_S)
                 break
             except (TimeoutError, *_DOWN) as exc:
                 _raise_if_cancelled()
-                await self._pipe.reset()
+                await pipe.reset()
                 if loop.time() > deadline:
-                    for _, kind, owners in calls:
+                    for _, kind, _, owners in group:
                         for owner in owners:
                             _fail(owner, _lost(kind, owner, exc, self.reconnect_window_s))
                     return
                 await asyncio.sleep(backoff.next())
+                if self.cluster:  # the node may be gone for good: route again
+                    await self._refresh_quietly()
+                    self._write(group)
+                    return
                 sent = None
         shortfall = None
-        if durable:
+        if self._durable(group):
             acked = replies.pop()
             if isinstance(acked, Exception) or acked < self.wait_replicas:
                 shortfall = ReplicationError.shortfall(
                     0 if isinstance(acked, Exception) else acked,
                     self.wait_replicas, self.wait_timeout_ms,
                 )
-        for (_, kind, owners), reply in zip(calls, replies, strict=True):
+        moved = [call for call, reply in zip(group, replies, strict=True)
+                 if isinstance(reply, REDIRECTS)]
+        for call, reply in zip(group, replies, strict=True):
+            _, kind, _, owners = call
+            if isinstance(reply, REDIRECTS):
+                continue
             for owner in owners:
                 if owner.done():
                     continue
@@ -267,22 +347,46 @@ class AsyncClient(Operations):
                     _fail(owner, shortfall)
                 elif kind != "run":  # a run is settled by its answer
                     owner.set_result(reply)  # type: ignore[union-attr]
+        if moved:
+            await self._refresh_quietly()
+            await asyncio.sleep(backoff.next())
+            self._write(moved)
 
-    async def _read_loop(self) -> None:
-        if self._reader_conn is None:
-            self._reader_conn = await self._pool.get_connection()
-        conn = self._reader_conn
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._routes.refresh()
+        except (*_DOWN, redis.RedisError):
+            pass  # the cluster is between states: the next try asks again
+
+    async def _read_loop(self, partition: int) -> None:
+        """Block on one partition's reply stream and route each answer to its waiter;
+        follow the stream when Redis restarts, fails over or moves its slot."""
         backoff = Backoff(cap=1.0)
+        stream = self._inflight.reply_stream(partition)
+        conn = None
         while True:
             try:
-                replies = await aroundtrip(conn, self._inflight.read_commands(), READ_TIMEOUT_S)
+                if conn is None:
+                    await self._open_routes()
+                    conn = self._routes.connection_to(self._routes.node_of(stream))
+                    self._reader_conns.append(conn)
+                    await conn.connect()  # explicitly: Sentinel finds the primary here
+                replies = await aroundtrip(
+                    conn, self._inflight.read_commands(partition), READ_TIMEOUT_S
+                )
+                if isinstance(replies[-1], REDIRECTS):
+                    raise redis.ConnectionError("the reply stream's slot moved")
                 backoff.reset()
-            except _DOWN:
+            except (*_DOWN, redis.RedisError):
                 # Redis restarted or failed over: keep waiting; the reply streams
                 # are in Redis, not here, so nothing is lost.
                 _raise_if_cancelled()
-                await conn.disconnect()
+                if conn is not None:
+                    self._reader_conns.remove(conn)
+                    await conn.disconnect()
+                    conn = None
                 await asyncio.sleep(backoff.next())
+                await self._refresh_quietly()
                 continue
             self._inflight.dispatch(replies[-1])
 

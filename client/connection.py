@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -151,8 +151,8 @@ class Pipe:
     :meth:`open` connects again.
     """
 
-    def __init__(self, pool: aioredis.ConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, make_connection: Callable[[], Any]) -> None:
+        self._make_connection = make_connection
         self._conn: Any = None
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
@@ -167,8 +167,8 @@ class Pipe:
             if self.ready:
                 return
             if self._conn is None:
-                self._conn = await self._pool.get_connection()
-            elif not self._conn.is_connected:
+                self._conn = self._make_connection()
+            if not self._conn.is_connected:
                 await self._conn.connect()
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
 
@@ -217,7 +217,4 @@ class Pipe:
 
     async def close(self) -> None:
         await self.reset()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._pool.release(self._conn)
-            self._conn = None
+        self._conn = None

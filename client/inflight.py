@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from .protocol import keys
@@ -34,7 +34,7 @@ class RequestIds:
 class InFlight:
     """Waiters by request id, and the read position of each reply stream."""
 
-    def __init__(self, client_id: str, partitions: Iterable[int] = ()) -> None:
+    def __init__(self, client_id: str) -> None:
         self._client_id = client_id
         self.streams: dict[int, str] = {}
         self._last_ids: dict[str, str] = {}
@@ -43,8 +43,6 @@ class InFlight:
         # Answers for no waiter: a second answer to a resent request, or one that
         # came after its caller gave up. Counted so tests can see duplicates.
         self.unmatched = 0
-        for partition in partitions:
-            self.reply_stream(partition)
 
     def reply_stream(self, partition: int) -> str:
         """This client's reply stream on ``partition`` (read from then on)."""
@@ -64,18 +62,23 @@ class InFlight:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def read_commands(self, block_ms: int = REPLY_READ_BLOCK_MS) -> list[list[Any]]:
-        """XDEL of the answers already handled, then the blocking XREAD."""
-        commands: list[list[Any]] = [
-            ["XDEL", stream, *ids] for stream, ids in self._consumed.items() if ids
-        ]
-        self._consumed = {}
-        streams = list(self._last_ids)
+    def read_commands(self, partition: int, block_ms: int = REPLY_READ_BLOCK_MS) -> list[list[Any]]:
+        """For one partition's reply stream (its own slot): XDEL of the answers already
+        handled, then the blocking XREAD."""
+        stream = self.reply_stream(partition)
+        commands: list[list[Any]] = []
+        consumed = self._consumed.pop(stream, None)
+        if consumed:
+            commands.append(["XDEL", stream, *consumed])
         commands.append([
             "XREAD", "COUNT", REPLY_READ_COUNT, "BLOCK", block_ms, "STREAMS",
-            *streams, *(self._last_ids[s] for s in streams),
+            stream, self._last_ids[stream],
         ])
         return commands
+
+    def partitions(self) -> list[int]:
+        """Partitions with a reply stream (the ones this client has sent runs to)."""
+        return list(self.streams)
 
     def dispatch(self, xread_reply: Any) -> int:
         """Route every answer of an XREAD reply (RESP2); returns how many it resolved."""

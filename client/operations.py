@@ -28,6 +28,7 @@ from .inflight import InFlight, RequestIds
 from .protocol import commands, keys
 from .protocol.commands import Command
 from .protocol.defaults import (
+    CLUSTER_PARTITIONS,
     DEFAULT_TIMEOUT_MS,
     DEFAULT_TTL_MS,
     MAX_CALL_BYTES,
@@ -48,10 +49,18 @@ Inputs = Mapping[str, Any] | Sequence[Any]
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """A plain Redis command (HGETALL, SCAN, ...), not a Function."""
+    """A plain Redis command (HGETALL, SCAN, ...), not a Function. In a cluster it
+    goes to the node of ``route`` (a key), or to ``node`` (from :class:`Primaries`)."""
 
     args: tuple[Any, ...]
     writes: bool = False
+    route: str | None = None
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Primaries:
+    """The step whose result is the primary nodes, by name ("" for a single Redis)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +78,7 @@ class Submit:
         return r.ephemeral and not r.outputs and inline_only
 
 
-Step = Command | Call | Submit
+Step = Command | Call | Submit | Primaries
 Plan = Generator[Step, Any, T]
 
 
@@ -106,6 +115,8 @@ class Operations:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         reconnect_window_s: float = RECONNECT_WINDOW_S,
+        partitions: int | Sequence[int] | None = None,
+        cluster: bool = False,
     ) -> None:
         _check_int("partition", partition, 0)
         _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
@@ -128,9 +139,14 @@ class Operations:
         # that many replicas have it (WAIT), so a failover cannot lose it.
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
+        self.cluster = cluster
+        # The partitions runs are spread over: one on a single Redis; in a cluster,
+        # CLUSTER_PARTITIONS spread over the slots (so over every primary).
+        self.partitions = _partition_list(partitions, partition, cluster)
+        self.partition = self.partitions[0]
+        self._next = 0
         self._ids = RequestIds()
-        self._inflight = InFlight(self._ids.client_id, [partition])
-        self._base = keys.partition_tag(partition)
+        self._inflight = InFlight(self._ids.client_id)
 
     def _perform(self, plan: Plan[T]) -> Any:
         raise NotImplementedError
@@ -162,11 +178,14 @@ class Operations:
         _check_model(model)
         timeout = self._timeout(timeout_ms)
         rid = self._ids.next()
-        base = self._base
+        named = _named_inputs(inputs)
+        # A run goes where its stored inputs are (one slot), else to the next partition.
+        partition = self._partition_of_refs([v.key for _, v in named if isinstance(v, Ref)])
+        base = keys.partition_tag(partition)
         slots = []
-        for position, (name, value) in enumerate(_named_inputs(inputs)):
+        for position, (name, value) in enumerate(named):
             if isinstance(value, Ref):
-                slots.append(InputSlot(name, self._tagged(value.key, "input")))
+                slots.append(InputSlot(name, value.key))
                 continue
             data = value if isinstance(value, bytes) else _encode_input(name, position, value)
             key = keys.request_key(base, rid, f"in:{position}") if keep_keys else ""
@@ -174,7 +193,7 @@ class Operations:
         request = RunRequest(
             rid, model, _version(version), timeout, self.ttl_ms, not keep_keys, slots
         )
-        return Submit(request, self.partition)
+        return Submit(request, partition)
 
     def _execute_request(
         self,
@@ -192,15 +211,14 @@ class Operations:
         out_keys = _key_list("outputs", outputs)
         in_names = _names("input_names", input_names, len(in_keys))
         out_names = _names("output_names", output_names, len(out_keys))
-        pairs_in = zip(in_names, in_keys, strict=True)
-        pairs_out = zip(out_names, out_keys, strict=True)
-        ins = [InputSlot(n, self._tagged(k, "input")) for n, k in pairs_in]
-        outs = [OutputSlot(n, self._tagged(k, "output")) for n, k in pairs_out]
+        partition = self._partition_of_refs([*in_keys, *out_keys])
+        ins = [InputSlot(n, k) for n, k in zip(in_names, in_keys, strict=True)]
+        outs = [OutputSlot(n, k) for n, k in zip(out_names, out_keys, strict=True)]
         request = RunRequest(
             self._ids.next(), model, _version(version), self._timeout(timeout_ms), self.ttl_ms,
             False, ins, outs,
         )
-        return Submit(request, self.partition)
+        return Submit(request, partition)
 
     def _answer(self, submit: Submit) -> Plan[RunResult]:
         """Submit a run and complete its answer (outputs too large to travel inline)."""
@@ -343,21 +361,36 @@ class Operations:
 
     @operation
     def modellist(self) -> Plan[list[str]]:
+        """Model names: a SCAN of every primary for their ``latest`` keys."""
         names: set[str] = set()
-        cursor: Any = 0
-        while True:
-            cursor, found = yield Call(
-                ("SCAN", cursor, "MATCH", keys.MODEL_LATEST_PATTERN, "COUNT", 1000)
-            )
-            names.update(keys.model_name_of(k) for k in found)
-            if int(cursor) == 0:
-                return sorted(names)
+        for node in (yield Primaries()):
+            cursor: Any = 0
+            while True:
+                cursor, found = yield Call(
+                    ("SCAN", cursor, "MATCH", keys.MODEL_LATEST_PATTERN, "COUNT", 1000),
+                    node=node,
+                )
+                names.update(keys.model_name_of(k) for k in found)
+                if int(cursor) == 0:
+                    break
+        return sorted(names)
 
     @operation
     def set_max_queue(self, depth: int) -> Plan[None]:
-        """Refuse runs with EBUSY while this many requests are queued (0: no bound)."""
+        """Refuse runs with EBUSY while this many requests are queued in a partition
+        (0: no bound), on every partition of this client."""
         _check_int("depth", depth, 0)
-        yield Call(("HSET", keys.partition_config(self.partition), "max_queue", depth), True)
+        for partition in self.partitions:
+            config = keys.partition_config(partition)
+            yield Call(("HSET", config, "max_queue", depth), True, route=config)
+
+    def key_for(self, routing_key: str, name: str) -> str:
+        """A key for a tensor you store to pass by key later, next to the runs that
+        read it: ``{inferis:N}:<routing_key>:<name>``, N chosen by ``routing_key`` (a
+        user id, say) among this client's partitions. A run passed it by key goes to
+        that partition, so the request and the tensor share one slot."""
+        partition = keys.partition_for(_key("routing_key", routing_key), self.partitions)
+        return f"{keys.partition_tag(partition)}:{routing_key}:{_key('name', name)}"
 
     # ---------------------------------------------------------------- helpers
 
@@ -367,15 +400,25 @@ class Operations:
         _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
         return timeout_ms
 
-    def _tagged(self, key: str, what: str) -> str:
-        key = _key(what, key)
-        base = self._base
-        if not key.startswith(base) and keys.base_of(key) != base:
+    def _partition_of_refs(self, ref_keys: Sequence[str]) -> int:
+        """The partition of a run's stored keys (all under one partition's tag), or the
+        next partition in turn when it has none."""
+        if not ref_keys:
+            if len(self.partitions) == 1:
+                return self.partition
+            self._next = (self._next + 1) % len(self.partitions)
+            return self.partitions[self._next]
+        found = {keys.partition_of(_key("stored input key", k)) for k in ref_keys}
+        partition = found.pop() if len(found) == 1 else None
+        if partition is None or partition not in self.partitions:
+            example = keys.partition_tag(self.partition)
             raise ArgumentError(
-                f"{what} key {key} must share the hash tag {base} of partition {self.partition} "
-                f"(name it like {base}:features), so the whole request lives in one slot"
+                f"stored keys {list(ref_keys)} must all carry one partition tag of this client "
+                f"(like {example}:features; client.key_for(user, name) makes such names), so "
+                "the run and its tensors share one slot: in a Redis Cluster anything else "
+                "is a CROSSSLOT"
             )
-        return key
+        return partition
 
 
 def enqueue_commands(
@@ -433,6 +476,22 @@ def pipeline_blob(
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _partition_list(
+    partitions: int | Sequence[int] | None, partition: int, cluster: bool
+) -> list[int]:
+    if partitions is None:
+        return list(keys.spread_partitions(CLUSTER_PARTITIONS)) if cluster else [partition]
+    if isinstance(partitions, int) and not isinstance(partitions, bool):
+        _check_int("partitions", partitions, 1, 16384)
+        return list(keys.spread_partitions(partitions))
+    listed = list(partitions)
+    for number in listed:
+        _check_int("partitions item", number, 0)
+    if not listed:
+        raise ArgumentError("partitions must name at least one partition")
+    return listed
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:

@@ -23,7 +23,13 @@ def _opt(default: Any, help: str, **argparse_options: Any) -> Any:
 class WorkerConfig:
     redis_url: str = field(default="redis://localhost:6379", metadata={"cli": False})
     consumer: str = field(default="", metadata={"cli": False})
-    partitions: str = _opt("0", "comma-separated partitions to serve")
+    partitions: str = _opt(
+        "auto", "partitions to serve: auto (0 on one Redis; in a cluster, those whose slots "
+        "the shard of the first node of --redis holds, followed as slots move), all, or 0,1,..."
+    )
+    cluster_partitions: int = _opt(
+        16, "in a cluster, how many partitions spread over the slots (as the clients' partitions=)"
+    )
     device: str = _opt("CPU", "device this worker serves (CPU, GPU:0)")
     intra_op_threads: int = _opt(1, "threads per model run (0: the framework's default)")
     inter_op_threads: int = _opt(1, "threads across independent ops of one run")
@@ -56,10 +62,6 @@ class WorkerConfig:
         0, "serve Prometheus /metrics on this port (0: off); with up/demo, worker i uses port + i"
     )
 
-    @property
-    def partition_list(self) -> list[int]:
-        return [int(p) for p in self.partitions.split(",") if p.strip()]
-
     def backend_options(self) -> BackendOptions:
         return BackendOptions(
             device=self.device,
@@ -75,7 +77,6 @@ class WorkerConfig:
     def from_args(cls, ns: argparse.Namespace, **overrides: Any) -> WorkerConfig:
         values = {f.name: getattr(ns, f.name) for f in _cli_fields() if hasattr(ns, f.name)}
         config = cls(**values, **overrides)
-        config.partition_list  # noqa: B018 - refuse a bad list now, not in the loop
         _pairs(config.backend_option)
         return config
 

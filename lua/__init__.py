@@ -23,12 +23,13 @@ def library_version() -> str:
     return match.group(1)
 
 
-def ensure_library(conn: Any) -> bool:
+def ensure_library(conn: Any, compare_code: bool = True) -> bool:
     """Load (or replace) the library on ``conn`` (a redis-py client) unless exactly
     this source is there already. Returns True if it loaded it.
 
-    The version is asked first (a cheap call); when it matches, the loaded code is
-    compared too, so a library changed without a new version is still replaced.
+    The version is asked first (a cheap call); when it matches and
+    ``compare_code``, the loaded code is compared too, so a library changed
+    without a new version is still replaced.
     """
     import redis
 
@@ -38,7 +39,9 @@ def ensure_library(conn: Any) -> bool:
         current = None
     if isinstance(current, bytes):
         current = current.decode()
-    if current == library_version() and _loaded_code(conn) in (None, library_source()):
+    if current == library_version() and (
+        not compare_code or _loaded_code(conn) in (None, library_source())
+    ):
         return False
     conn.function_load(library_source(), replace=True)
     return True

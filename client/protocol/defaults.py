@@ -29,6 +29,9 @@ INLINE_LIMIT = 256 * 1024
 # How long a client's calls ride over a Redis that restarts or fails over.
 RECONNECT_WINDOW_S = 15.0
 
+# Partitions a Redis Cluster deployment spreads over its slots (keys.spread_partitions).
+CLUSTER_PARTITIONS = 16
+
 # A client coalesces concurrent runs into one MODELRUNMANY call of at most
 # this many requests and about this many bytes of tensors.
 MAX_CALL_REQUESTS = 256

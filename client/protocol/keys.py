@@ -9,6 +9,10 @@ hash tag: ``inferis:{<name>}:...``.
 from __future__ import annotations
 
 import re
+import zlib
+from functools import cache
+
+from redis.crc import key_slot
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -36,6 +40,40 @@ def base_of(key: str) -> str:
 
 def partition_tag(partition: int) -> str:
     return f"{{inferis:{partition}}}"
+
+
+def partition_of(key: str) -> int | None:
+    """The partition whose tag ``key`` carries, or None."""
+    tag = hash_tag(key)
+    if tag is None or not tag.startswith("inferis:"):
+        return None
+    number = tag[len("inferis:"):]
+    return int(number) if number.isdigit() else None
+
+
+def slot_of(key: str) -> int:
+    """The Redis Cluster slot of ``key`` (CRC16 of its hash tag, mod 16384)."""
+    return int(key_slot(key.encode()))
+
+
+@cache
+def spread_partitions(count: int) -> tuple[int, ...]:
+    """Partitions whose tags fall one in each ``1/count`` of the slot space, so that
+    a cluster whose primaries own contiguous ranges of at least that size has
+    partitions on every primary. Deterministic: clients and workers agree."""
+    width = 16384 / count
+    found: dict[int, int] = {}
+    number = 0
+    while len(found) < count:
+        index = int(slot_of(partition_tag(number)) // width)
+        found.setdefault(index, number)
+        number += 1
+    return tuple(found[i] for i in range(count))
+
+
+def partition_for(routing_key: str, partitions: tuple[int, ...] | list[int]) -> int:
+    """A stable choice among ``partitions`` for a routing key (a user id, say)."""
+    return partitions[zlib.crc32(routing_key.encode()) % len(partitions)]
 
 
 # ---------------------------------------------------------------- partition keys

@@ -23,30 +23,34 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import redis
 
-from inferis.client.connection import roundtrip, sync_connection
-from inferis.client.protocol import commands, keys
+from inferis.client.connection import roundtrip
+from inferis.client.protocol import commands
 from inferis.client.protocol.backoff import Backoff
-from inferis.client.protocol.commands import Command
 from inferis.client.protocol.defaults import GROUP, MODELS_CHANNEL
+from inferis.client.routing import REDIRECTS, Routes, is_cluster_url
 from inferis.lua import ensure_library
 
 from .. import metrics
 from ..config import WorkerConfig
 from ..isolation.runner import IsolatedRunner
 from ..models.cache import ModelCache
+from . import partitions
 from .admission import Admitted, RawEntry, admit
 from .collector import batch_delay_us
 from .completion import record, settle
 from .executor import Executor
+from .lanes import Lane, wait_readable
+from .partitions import home_node
 
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+# How often a cluster worker looks at the slot map and the library on every primary.
+CLUSTER_REFRESH_S = 2.0
 
 
 def settle_heap() -> None:
@@ -64,25 +68,32 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.consumer = config.consumer or default_consumer_name()
-        self.streams = [keys.request_stream(p) for p in config.partition_list]
         self._stopping = False
-        self._redis: redis.Redis | None = None
-        self._conn: Any = None  # the hot loop's own connection: raw round trips
+        self._routes: Routes | None = None
+        self._redis: Any = None  # redis-py's client: a Redis, or a RedisCluster
         self._pubsub: Any = None
         self._notice_poll: Any = None
         self._cache: ModelCache | None = None
         self._executor: Executor | None = None
         self._clock_offset_ms = 0.0
         self._next_reclaim = 0.0
+        self._next_refresh = 0.0
         self._stats = metrics.ModelStats()
         self._runner = (
             IsolatedRunner(config.backend_options(), config.run_timeout_ms)
             if config.isolate_backends else None
         )
-        # Completions not yet sent: they go out with the next read (idempotent, so
-        # resent after a reconnect).
-        self._unsent: list[Command] = []
+        self._lanes: dict[int, Lane] = {}
+        self._home = home_node(config.redis_url) if is_cluster_url(config.redis_url) else ""
         self.served = 0
+
+    @property
+    def streams(self) -> list[str]:
+        return [lane.stream for lane in self._lanes.values()]
+
+    @property
+    def _owed(self) -> bool:
+        return any(lane.unsent for lane in self._lanes.values())
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -95,9 +106,8 @@ class Worker:
         signal.signal(signal.SIGINT, self.stop)
         if self.config.metrics_port:
             metrics.serve(self.config.metrics_port, self.config.metrics_addr)
-        log.info("worker %s serving %s", self.consumer, ", ".join(self.streams))
         backoff = Backoff(first=0.1, cap=2.0)
-        while not self._stopping or self._unsent:
+        while not self._stopping or self._owed:
             try:
                 if self._redis is None:
                     self.connect()
@@ -115,13 +125,14 @@ class Worker:
                 # e.g. someone replaced the request stream with another type: say so
                 # loudly and keep trying; a worker never dies of what is in Redis.
                 self.pause(backoff, "redis refused a worker command (%s)", exc)
+                self.drop_lane_connections()
             except Exception:
                 # A bug must not take the worker down: what it held stays pending
                 # in Redis and is reclaimed, by this worker or another.
                 log.exception("unexpected error in the worker loop")
                 self.disconnect()
                 self.pause(backoff, "restarting the worker loop%s", "")
-            if self._stopping and self._unsent and self._redis is None:
+            if self._stopping and self._owed and self._redis is None:
                 break  # Redis is away while stopping: the entries stay pending
         if self._runner is not None:
             self._runner.close()
@@ -134,26 +145,26 @@ class Worker:
         log.warning(message + "; retrying in %.1fs", detail, delay)
         time.sleep(delay)
 
-    def connection(self) -> redis.Redis:
-        return sync_connection(
+    def connect(self) -> None:
+        routes = Routes(
             self.config.redis_url,
             socket_timeout=max(5.0, self.config.block_ms / 1000 + 5),
             socket_connect_timeout=2.0,
             socket_keepalive=True,
             client_name=self.consumer,  # CLIENT LIST tells live workers from dead consumers
         )
-
-    def connect(self) -> None:
-        conn = self.connection()
-        ensure_library(conn)
-        self.ensure_groups(conn)
-        sec, usec = conn.time()
+        conn: Any = routes.cluster or redis.Redis(connection_pool=routes.pool_for(""))
+        self._routes, self._redis = routes, conn
+        self.ensure_library(thorough=True)
+        home = self.home_client()
+        sec, usec = home.time()
         self._clock_offset_ms = sec * 1000 + usec / 1000 - time.time() * 1000
-        pubsub = conn.pubsub(ignore_subscribe_messages=True)
+        pubsub = home.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(MODELS_CHANNEL)
-        self._redis, self._pubsub = conn, pubsub
+        self._pubsub = pubsub
         self._notice_poll = select.poll()
         self._notice_poll.register(pubsub.connection._sock, select.POLLIN)
+        self.assign_partitions()
         if self._cache is None:
             self._cache = ModelCache(
                 conn, self.config.backend_options(), self.config.max_models, self._runner
@@ -163,32 +174,91 @@ class Worker:
             self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
         self._executor = Executor(conn, self._cache)
         settle_heap()
-        log.info("connected to %s", self.config.redis_url)
+        log.info("worker %s connected to %s, serving %s", self.consumer,
+                 self.config.redis_url, ", ".join(self.streams) or "nothing yet")
+
+    def home_client(self) -> redis.Redis:
+        """The Redis beside this worker: the single one, or its cluster home node."""
+        assert self._routes is not None
+        if self._routes.cluster is None:
+            return self._redis
+        node = self._routes.cluster.get_node(node_name=self._home)
+        if node is None:  # the home node is gone from the cluster: any primary serves
+            node = self._routes.cluster.get_primaries()[0]
+        return self._routes.cluster.get_redis_connection(node)
+
+    def node_client(self, key: str) -> redis.Redis:
+        """The Redis holding ``key`` (for commands redis-py does not route by key)."""
+        assert self._routes is not None
+        if self._routes.cluster is None:
+            return self._redis
+        cluster = self._routes.cluster
+        return cluster.get_redis_connection(cluster.get_node_from_key(key))
+
+    def ensure_library(self, thorough: bool = False) -> None:
+        """The Functions library on every primary: Redis copies it to replicas but not
+        to other shards, nor to a node that joins or comes back empty."""
+        assert self._routes is not None
+        for pool in self._routes.primary_pools():
+            node = redis.Redis(connection_pool=pool)
+            if ensure_library(node, compare_code=thorough):
+                log.info("loaded the Functions library on %s", pool.connection_kwargs.get("port"))
+
+    def assign_partitions(self) -> None:
+        """The partitions to serve now (their slots may have moved); lanes follow."""
+        assert self._routes is not None
+        wanted = partitions.assigned(
+            self.config.partitions, self._routes, self.config.cluster_partitions, self._home
+        )
+        for number in [n for n in self._lanes if n not in wanted]:
+            lane = self._lanes.pop(number)
+            if lane.unsent:  # answers owed are sent before the lane goes
+                self._lanes[number] = lane
+                continue
+            lane.close()
+            log.info("no longer serving %s (its slot moved)", lane.stream)
+        for number in wanted:
+            if number not in self._lanes:
+                lane = Lane(number, self.lane_connection)
+                self.ensure_group(lane.stream)
+                self._lanes[number] = lane
+                if self._routes.cluster is not None:
+                    log.info("serving %s", lane.stream)
+
+    def lane_connection(self, stream: str) -> Any:
+        assert self._routes is not None
+        return self._routes.connection_for(stream)
+
+    def ensure_group(self, stream: str) -> None:
+        assert self._redis is not None
+        try:
+            # From id 0: requests enqueued before any worker existed are served.
+            self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        # Visible in XINFO CONSUMERS from the start, not only after a first delivery.
+        self._redis.xgroup_createconsumer(stream, GROUP, self.consumer)
+
+    def drop_lane_connections(self) -> None:
+        for lane in self._lanes.values():
+            with contextlib.suppress(Exception):
+                lane.close()
 
     def disconnect(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.disconnect()
-        for closeable in (self._pubsub, self._redis):
+        self.drop_lane_connections()
+        for closeable in (self._pubsub,):
             if closeable is not None:
                 with contextlib.suppress(Exception):  # already broken: nothing to release
                     closeable.close()
-        self._redis = self._pubsub = self._conn = self._notice_poll = None
-
-    def ensure_groups(self, conn: redis.Redis) -> None:
-        for stream in self.streams:
-            try:
-                # From id 0: requests enqueued before any worker existed are served.
-                conn.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            # Visible in XINFO CONSUMERS from the start, not only after a first delivery.
-            conn.xgroup_createconsumer(stream, GROUP, self.consumer)
+        if self._routes is not None:
+            with contextlib.suppress(Exception):
+                self._routes.disconnect()
+        self._routes = self._redis = self._pubsub = self._notice_poll = None
 
     def flush_stats_before_exit(self) -> None:
         if self._redis is not None:
-            with contextlib.suppress(*_REDIS_DOWN):
+            with contextlib.suppress(*_REDIS_DOWN, redis.RedisError):
                 self._stats.flush_due(self._redis, force=True)
 
     def now_ms(self) -> int:
@@ -198,55 +268,81 @@ class Worker:
     # ---------------------------------------------------------------- the cycle
 
     def work(self) -> int:
-        """One cycle: reclaim if due, read a batch, serve it; returns entries handled."""
+        """One cycle: housekeeping when due, a read on every idle lane, then serve the
+        lanes that answered; returns entries handled."""
         assert self._redis is not None
         self._stats.flush_due(self._redis)
         handled = 0
-        if time.monotonic() >= self._next_reclaim:
+        now = time.monotonic()
+        clustered = self._routes is not None and self._routes.cluster is not None
+        if clustered and now >= self._next_refresh:
+            self.follow_the_cluster()
+            self._next_refresh = now + CLUSTER_REFRESH_S
+        if now >= self._next_reclaim:
             handled += self.reclaim_idle()
-            self._next_reclaim = time.monotonic() + self.config.claim_idle_ms / 2000
+            self._next_reclaim = now + self.config.claim_idle_ms / 2000
         for stream, raw in self.read_batch():
             handled += self.serve(stream, raw)
         return handled
 
+    def follow_the_cluster(self) -> None:
+        """Slots move (resharding, failover) and nodes come and go: look again at the
+        slot map, keep the library on every primary, serve what is beside us now."""
+        assert self._routes is not None
+        self._routes.refresh()
+        self.ensure_library()
+        self.assign_partitions()
+
     def read_batch(self) -> list[tuple[str, list[RawEntry]]]:
-        """Send the completions in hand, then block for new entries: one round trip."""
-        assert self._redis is not None
-        read = [
-            "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self.config.read_count,
-            "BLOCK", self.config.block_ms, "STREAMS", *self.streams, *([">"] * len(self.streams)),
-        ]
-        reply = self.roundtrip([*self._unsent_args(), read])[-1]
-        self._unsent = []
-        if isinstance(reply, redis.ResponseError):
-            if "NOGROUP" in str(reply):  # Redis came back without our data
-                ensure_library(self._redis)
-                self.ensure_groups(self._redis)
-                return []
-            raise reply
-        self.drain_notices()  # a version stored before these requests is seen by them
-        return [(_text(stream), _entries(got)) for stream, got in reply or ()]
+        """Send each idle lane what it owes and a blocking read (one write each), then
+        take the batches of the lanes that answer."""
+        for lane in self._lanes.values():
+            if not lane.awaiting:
+                lane.write_read(self.consumer, self.config.read_count, self.config.block_ms)
+        if not self._lanes:
+            time.sleep(self.config.block_ms / 1000)  # nothing beside us (yet): look again later
+            return []
+        batches = []
+        for lane in wait_readable(self._lanes.values(), self.config.block_ms + 1000):
+            replies = lane.read_replies()
+            for reply in replies[:-1]:
+                if isinstance(reply, Exception):
+                    log.error("completing a batch on %s failed: %s", lane.stream, reply)
+            reply = replies[-1]
+            if isinstance(reply, REDIRECTS):  # the slot moved: find where it is now
+                lane.close()
+                self._next_refresh = 0.0
+                continue
+            if isinstance(reply, redis.ResponseError):
+                if "NOGROUP" in str(reply):  # Redis came back without our data
+                    self.ensure_library(thorough=True)
+                    self.ensure_group(lane.stream)
+                    continue
+                raise reply
+            for _, got in reply or ():
+                batches.append((lane.stream, _entries(got)))
+        if batches:
+            self.drain_notices()  # a version stored before these requests is seen by them
+        return batches
 
     def send_completions(self) -> None:
-        """Send the completions in hand without reading (stopping)."""
-        if self._unsent:
-            self.roundtrip(self._unsent_args())
-            self._unsent = []
+        """Send what the lanes owe without reading (stopping)."""
+        for lane in self._lanes.values():
+            if lane.awaiting:  # a read is out: take its answer, serve it, owe that too
+                for stream, raw in self.collect_out_reads(lane):
+                    self.serve(stream, raw)
+            if lane.unsent:
+                conn = lane.conn or self.lane_connection(lane.stream)
+                lane.conn = conn
+                roundtrip(conn, [c.as_args() for c in lane.unsent])
+                lane.unsent = []
 
-    def _unsent_args(self) -> list[list[Any]]:
-        return [c.as_args() for c in self._unsent]
-
-    def roundtrip(self, commands: Sequence[list[Any]]) -> list[Any]:
-        """One pipelined round trip on the worker's own connection (raw RESP2 replies);
-        a refused completion is logged, never fatal."""
-        if self._conn is None:
-            assert self._redis is not None
-            self._conn = self._redis.connection_pool.get_connection()
-        replies = roundtrip(self._conn, commands)
-        for reply in replies[:-1] if commands and commands[-1][0] == "XREADGROUP" else replies:
-            if isinstance(reply, Exception):
-                log.error("completing a batch failed: %s", reply)
-        return replies
+    def collect_out_reads(self, lane: Lane) -> list[tuple[str, list[RawEntry]]]:
+        replies = lane.read_replies()
+        reply = replies[-1] if replies else None
+        if isinstance(reply, Exception) or not reply:
+            return []
+        return [(lane.stream, _entries(got)) for _, got in reply]
 
     def drain_notices(self) -> None:
         """Forget moving resolutions named by MODELSTORE/MODELDEL notices. A drain
@@ -265,7 +361,7 @@ class Worker:
         self, stream: str, raw: list[RawEntry], deliveries: dict[str, int] | None = None
     ) -> int:
         """Admit, prepare, run and settle one stream's entries; the settlement goes
-        out with the next read."""
+        out with the lane's next read."""
         assert self._executor is not None
         started_ms = self.now_ms()
         batch = admit(stream, raw, self.config.max_deliveries, deliveries)
@@ -275,11 +371,17 @@ class Worker:
         self._executor.run(batch.requests)
         command = settle(stream, batch.entries, batch.requests, batch.settled, started_ms)
         if command is not None:
-            self._unsent.append(command)
+            self._lane_of(stream).unsent.append(command)
         record(batch.requests, started_ms, self.now_ms(), self._stats)
         metrics.BATCH_SIZE.observe(len(batch.requests))
         self.served += len(batch.requests)
         return len(raw)
+
+    def _lane_of(self, stream: str) -> Lane:
+        for lane in self._lanes.values():
+            if lane.stream == stream:
+                return lane
+        raise KeyError(stream)
 
     def collect_more(self, stream: str, batch: Admitted) -> None:
         """A batching model's batch is not full: wait up to its max_queue_delay for more."""
@@ -308,7 +410,7 @@ class Worker:
                 )
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    self.ensure_groups(self._redis)
+                    self.ensure_group(stream)
                     continue
                 raise
             self.forget_dead_consumers(stream)
@@ -324,12 +426,12 @@ class Worker:
         """Remove consumers of workers that are gone: they own nothing, have been
         silent a while, and no connection carries their name (each worker names its
         connections after its consumer), so the group lists the live ones."""
-        assert self._redis is not None
         min_idle = max(4 * self.config.claim_idle_ms, 10 * self.config.block_ms)
+        node = self.node_client(stream)
         try:
-            live = sorted({c["name"] for c in self._redis.client_list() if c.get("name")})
+            live = sorted({c["name"] for c in node.client_list() if c.get("name")})
             command = commands.prune_consumers(stream, min_idle, live)
-            gone = self._redis.execute_command(*command.as_args())
+            gone = node.execute_command(*command.as_args())
         except redis.ResponseError as exc:  # housekeeping: never in the way of serving
             log.warning("could not forget dead consumers on %s: %s", stream, exc)
             return

@@ -94,7 +94,7 @@ def test_modelexecute_on_stored_keys_including_a_large_reference(
     # mixed: one input inline, the other by reference to the stored tensor
     mixed = client.predict("two", {"A": np.zeros((300, 200)), "B": Ref(f"{tag}:ref")})
     assert np.array_equal(mixed["P"], np.zeros((300, 200))) and np.array_equal(mixed["S"], big)
-    with pytest.raises(ArgumentError, match="must share the hash tag"):
+    with pytest.raises(ArgumentError, match="must all carry one partition tag"):
         client.predict("two", {"A": np.zeros((2, 2)), "B": Ref("{elsewhere}:ref")})
 
 
