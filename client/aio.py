@@ -37,7 +37,7 @@ from .protocol.errors import (
     translate_error,
 )
 from .protocol.replies import RunResult
-from .routing import REDIRECTS, AsyncRoutes, is_cluster_url
+from .routing import AsyncRoutes, is_cluster_url, must_resend
 
 # A reply later than this means the connection is dead (a frozen or vanished host).
 COMMAND_TIMEOUT_S = 30.0
@@ -221,23 +221,27 @@ class AsyncClient(Operations):
         if batch:
             self._write(self._calls(batch))
 
-    def _write(self, calls: list[_Call]) -> None:
+    def _write(self, calls: list[_Call], deadline: float | None = None) -> None:
+        """Write ``calls`` to their nodes; ``deadline`` (loop time) bounds their retries,
+        kept when they are sent again elsewhere."""
         loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.reconnect_window_s
         if not self._routes_ready:  # the slot map is not known yet: learn it first
-            task = loop.create_task(self._write_later(calls))
+            task = loop.create_task(self._write_later(calls, deadline))
         else:
             for node, group in self._by_node(calls).items():
                 pipe = self._pipe(node)
                 wire = self._wire(group)
                 sent = pipe.write(wire) if pipe.ready else None
-                task = loop.create_task(self._settle(node, group, wire, sent))
+                task = loop.create_task(self._settle(node, group, wire, sent, deadline))
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
             return
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _write_later(self, calls: list[_Call]) -> None:
+    async def _write_later(self, calls: list[_Call], deadline: float) -> None:
         try:
             await self._open_routes()
         except (*_DOWN, redis.RedisError) as exc:
@@ -245,7 +249,7 @@ class AsyncClient(Operations):
                 for owner in call[3]:
                     _fail(owner, ConnectionLostError(f"the cluster could not be reached: {exc}"))
             return
-        self._write(calls)
+        self._write(calls, deadline)
 
     def _by_node(self, calls: list[_Call]) -> dict[str, list[_Call]]:
         groups: dict[str, list[_Call]] = {}
@@ -294,14 +298,16 @@ class AsyncClient(Operations):
         group: list[_Call],
         wire: list[list[Any]],
         sent: list[asyncio.Future[Any]] | None,
+        deadline: float,
     ) -> None:
         """Await a node's replies and settle its futures. While Redis restarts or fails
         over, the batch is resent for a while: stores are content-addressed, tensor
         writes are SETs, and a run that did reach Redis is enqueued twice under one
         request id, whose caller takes the first answer. A command answered MOVED or
-        ASK (a slot moved) is sent again where the cluster now says."""
+        ASK, or TRYAGAIN (a slot moved or is moving) is sent again, after a short
+        pause, where the cluster then says."""
         loop = asyncio.get_running_loop()
-        backoff, deadline = Backoff(cap=0.5), loop.time() + self.reconnect_window_s
+        backoff = Backoff(cap=0.5)
         pipe = self._pipe(node)
         while True:
             try:
@@ -321,7 +327,7 @@ class AsyncClient(Operations):
                 await asyncio.sleep(backoff.next())
                 if self.cluster:  # the node may be gone for good: route again
                     await self._refresh_quietly()
-                    self._write(group)
+                    self._write(group, deadline)
                     return
                 sent = None
         shortfall = None
@@ -333,10 +339,10 @@ class AsyncClient(Operations):
                     self.wait_replicas, self.wait_timeout_ms,
                 )
         moved = [call for call, reply in zip(group, replies, strict=True)
-                 if isinstance(reply, REDIRECTS)]
+                 if must_resend(reply, self.cluster)]
         for call, reply in zip(group, replies, strict=True):
             _, kind, _, owners = call
-            if isinstance(reply, REDIRECTS):
+            if must_resend(reply, self.cluster):
                 continue
             for owner in owners:
                 if owner.done():
@@ -348,9 +354,15 @@ class AsyncClient(Operations):
                 elif kind != "run":  # a run is settled by its answer
                     owner.set_result(reply)  # type: ignore[union-attr]
         if moved:
+            if loop.time() > deadline:
+                for _, kind, _, owners in moved:
+                    for owner in owners:
+                        _fail(owner, _lost(kind, owner, redis.ConnectionError(
+                            "the slot kept moving"), self.reconnect_window_s))
+                return
             await self._refresh_quietly()
             await asyncio.sleep(backoff.next())
-            self._write(moved)
+            self._write(moved, deadline)
 
     async def _refresh_quietly(self) -> None:
         try:
@@ -374,7 +386,7 @@ class AsyncClient(Operations):
                 replies = await aroundtrip(
                     conn, self._inflight.read_commands(partition), READ_TIMEOUT_S
                 )
-                if isinstance(replies[-1], REDIRECTS):
+                if must_resend(replies[-1], self.cluster):
                     raise redis.ConnectionError("the reply stream's slot moved")
                 backoff.reset()
             except (*_DOWN, redis.RedisError):

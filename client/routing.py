@@ -21,13 +21,20 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
 from .connection import async_pool, sync_pool
-from .protocol.errors import ArgumentError
+from .protocol.errors import ArgumentError, library_missing
 
 CLUSTER_SCHEME = "redis+cluster"
 # redis-py's replies that mean "ask another node": the routes refresh and the
 # command is sent again.
 REDIRECTS = (redis.exceptions.MovedError, redis.exceptions.AskError,
              redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
+
+def must_resend(reply: object, cluster: bool) -> bool:
+    """A reply that means "send it again shortly": the slot moved or is moving, or
+    (in a cluster) the node has not been given the Functions library yet, which
+    the workers do within seconds of a node taking slots."""
+    return isinstance(reply, REDIRECTS) or (cluster and library_missing(reply))
 
 
 def is_cluster_url(url: str) -> bool:

@@ -38,7 +38,7 @@ from .protocol.errors import (
     translate_error,
 )
 from .protocol.replies import RunResult
-from .routing import REDIRECTS, Routes, is_cluster_url
+from .routing import Routes, is_cluster_url, must_resend
 
 _DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -209,7 +209,7 @@ class Client(Operations):
             try:
                 conn = pool.get_connection()
                 replies = roundtrip(conn, batch)
-                if not any(isinstance(r, REDIRECTS) for r in replies):
+                if not any(must_resend(r, self.cluster) for r in replies):
                     break
                 self._routes.refresh()  # a slot moved: ask the cluster, send again
             except _DOWN as exc:
@@ -334,7 +334,7 @@ class Client(Operations):
             )
         except _DOWN:
             replies = None
-        if replies is None or any(isinstance(r, REDIRECTS) for r in replies):
+        if replies is None or any(must_resend(r, self.cluster) for r in replies):
             # Redis is restarting, failing over or moved the slot: the answers wait in it.
             if reader.conn is not None:
                 reader.conn.disconnect()

@@ -21,7 +21,7 @@ from inferis.lua import ensure_library
 
 from .harness import Tally, drive
 from .models import IrisModel
-from .topology import Sentinels, replica_of, wait_for_link
+from .topology import ClusterStack, Sentinels, replica_of, wait_for_link
 
 
 @dataclass
@@ -178,3 +178,91 @@ async def sentinel_failover(tmp: Path, iris: IrisModel, total: int = 1500,
     return result
 
 
+
+
+# ---------------------------------------------------------------- Redis Cluster
+
+
+async def _cluster_run(stack: ClusterStack, iris: IrisModel, result: Result, inject,  # type: ignore[no-untyped-def]
+                       total: int, concurrency: int, wait_replicas: int = 0) -> Result:
+    """Load on a started cluster while ``inject`` runs once, then account for every
+    request; the stack is stopped whatever happens."""
+    try:
+        async with AsyncClient(stack.url, wait_replicas=wait_replicas,
+                               timeout_ms=90_000) as client:
+            await client.modelstore("iris", "onnx", iris.blob)
+            load = asyncio.create_task(
+                drive(client, "iris", _iris_case(iris), total=total, concurrency=concurrency)
+            )
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            await inject()
+            result.windows.append((started, time.monotonic()))
+            result.tally = await load
+        result.workers_alive = stack.workers_alive()
+    finally:
+        await asyncio.to_thread(stack.stop)
+    return result
+
+
+async def cluster_failover(tmp: Path, iris: IrisModel, total: int = 3000,
+                           concurrency: int = 32) -> Result:
+    """3 primaries + 3 replicas; one primary is SIGKILLed under load, the cluster
+    promotes its replica, and the old primary comes back as a replica. The client
+    enqueues with WAIT 1."""
+    stack = ClusterStack(tmp, worker_args=("--claim-idle-ms", "2000"))
+    await asyncio.to_thread(stack.start)
+    result = Result("Cluster primary SIGKILL, WAIT 1", Tally(), {"failover": 0})
+    cluster = stack.cluster
+
+    async def inject() -> None:
+        victim = cluster.primary_ports()[0]
+        cluster.kill(victim)
+        await asyncio.to_thread(cluster.wait_ok, 60)  # the replica took over
+        result.faults["failover"] += 1
+        await asyncio.to_thread(cluster.restart, victim)
+
+    return await _cluster_run(stack, iris, result, inject, total, concurrency, wait_replicas=1)
+
+
+async def cluster_reshard(tmp: Path, iris: IrisModel, total: int = 4000, slots: int = 1500,
+                          concurrency: int = 32) -> Result:
+    """Slots (and the partitions in them) migrated between primaries with
+    ``redis-cli --cluster reshard`` while serving: A to B, then B to C."""
+    stack = ClusterStack(tmp, worker_args=("--claim-idle-ms", "2000"))
+    await asyncio.to_thread(stack.start)
+    result = Result(f"Cluster reshard, {slots} slots twice", Tally(), {"reshard": 0})
+    cluster = stack.cluster
+
+    async def inject() -> None:
+        a, b, c = cluster.primary_ports()
+        for source, target in ((a, b), (b, c)):
+            await asyncio.to_thread(cluster.reshard, source, target, slots)
+            result.faults["reshard"] += 1
+
+    return await _cluster_run(stack, iris, result, inject, total, concurrency)
+
+
+async def cluster_grow_shrink(tmp: Path, iris: IrisModel, total: int = 4000,
+                              slots: int = 1500, concurrency: int = 32) -> Result:
+    """A primary added (with a worker beside it) and given slots, a replica removed,
+    then the new primary's slots handed back and the node removed, all under load."""
+    stack = ClusterStack(tmp, worker_args=("--claim-idle-ms", "2000"))
+    await asyncio.to_thread(stack.start)
+    result = Result("Cluster node added and removed", Tally(), {"added": 0, "removed": 0})
+    cluster = stack.cluster
+
+    async def inject() -> None:
+        a, b, _ = cluster.primary_ports()
+        node = await asyncio.to_thread(cluster.add_node)
+        stack.workers_beside(node.port)
+        await asyncio.to_thread(cluster.reshard, a, node.port, slots)
+        result.faults["added"] += 1
+        replica = cluster.replica_ports(b)[0]
+        await asyncio.to_thread(cluster.remove_node, replica)
+        result.faults["removed"] += 1
+        await asyncio.to_thread(cluster.reshard, node.port, a, cluster.slots_of(node.port))
+        await asyncio.to_thread(cluster.remove_node, node.port)
+        result.faults["removed"] += 1
+
+    return await _cluster_run(stack, iris, result, inject, total, concurrency)

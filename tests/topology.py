@@ -1,4 +1,5 @@
-"""Replicated topologies on loopback: a replica and three Sentinels, real processes."""
+"""Replicated topologies on loopback, real processes: a replica and three Sentinels,
+or a Redis Cluster with workers beside its primaries."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 
 import redis
 
+from inferis.client.protocol import keys
+from inferis.client.protocol.defaults import CLUSTER_PARTITIONS
+from inferis.engine.local.cluster import LocalCluster
 from inferis.engine.local.embedded import EmbeddedRedis, find_redis_server, free_port
+from inferis.engine.local.supervisor import WorkerPool
 
 SERVICE = "inferis-primary"
 
@@ -97,3 +102,56 @@ class Sentinels:
         for process in self.processes:
             process.kill()
             process.wait()
+
+
+class ClusterStack:
+    """A LocalCluster with workers beside each primary, as ``inferis up --cluster``
+    lays them out; workers beside a node added later are started on demand."""
+
+    def __init__(self, data_dir: Path, primaries: int = 3, replicas: int = 1,
+                 worker_args: tuple[str, ...] = (), appendfsync: str = "always") -> None:
+        self.cluster = LocalCluster(data_dir, primaries, replicas, appendfsync=appendfsync)
+        self.worker_args = ["--log-level", "WARNING", *worker_args]
+        self.pools: dict[int, WorkerPool] = {}
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def start(self) -> None:
+        self.cluster.start()
+        for port in self.cluster.primary_ports():
+            self.workers_beside(port)
+        self.wait_served()
+
+    def workers_beside(self, port: int, count: int = 1) -> WorkerPool:
+        pool = WorkerPool(self.cluster.url_beside(port), count, self.worker_args)
+        pool.start()
+        self.pools[port] = pool
+        return pool
+
+    def wait_served(self, timeout_s: float = 60.0) -> None:
+        """Until every spread partition's request stream has a consumer group."""
+        cluster = redis.RedisCluster(port=self.cluster.nodes[0].port)
+        deadline = time.monotonic() + timeout_s
+        try:
+            for partition in keys.spread_partitions(CLUSTER_PARTITIONS):
+                while True:
+                    try:
+                        if cluster.xinfo_groups(keys.request_stream(partition)):
+                            break
+                    except redis.ResponseError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no worker serves partition {partition}")
+                    time.sleep(0.1)
+        finally:
+            cluster.close()
+
+    def workers_alive(self) -> bool:
+        return all(p.poll() is None for pool in self.pools.values() for p in pool.processes)
+
+    def stop(self) -> None:
+        for pool in self.pools.values():
+            pool.stop(grace_s=10)
+        self.cluster.stop()

@@ -184,6 +184,14 @@ def error_from_reply(text: str) -> InferisError | None:
     return None
 
 
+def library_missing(exc: object) -> bool:
+    """Redis said the inferis Functions are not loaded there."""
+    if not isinstance(exc, redis_errors.ResponseError):
+        return False
+    text = str(exc)
+    return "Function not found" in text or "Library not found" in text
+
+
 def translate_error(exc: Exception) -> InferisError:
     """A Redis error reply as an inferis exception: its own code when a Function
     raised it, else Redis's refusal mapped to one (EOOM, ENOPERM, ...)."""
@@ -198,7 +206,7 @@ def translate_error(exc: Exception) -> InferisError:
             code = getattr(exc, "status_code", "") or ""
             return cls(f"Redis refused it: {code} {text}".replace("  ", " "))
     word = text.partition(" ")[0]
-    if "Function not found" in text or "Library not found" in text:
+    if library_missing(exc):
         return LibraryMissingError(
             f"the inferis Functions library is not loaded on this Redis ({text}); "
             "load it with: inferis load-library --redis URL"

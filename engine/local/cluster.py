@@ -6,11 +6,14 @@ processes, joined with ``redis-cli --cluster create``.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from inferis.client.routing import cluster_url
 
 from .embedded import EmbeddedRedis, RedisServerError, free_port
 
@@ -24,6 +27,24 @@ def find_redis_cli() -> str:
     return path
 
 
+# A node's cluster bus listens on its port + 10000, which must be a port too.
+CLUSTER_BUS_OFFSET = 10000
+
+
+def cluster_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free as well."""
+    while True:
+        port = free_port()
+        if port + CLUSTER_BUS_OFFSET > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+
+
 class LocalCluster:
     """``primaries`` x (1 + ``replicas``) nodes, each an EmbeddedRedis with AOF."""
 
@@ -35,6 +56,7 @@ class LocalCluster:
         *,
         appendfsync: str = "everysec",
         node_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError("a cluster has at least one primary and no negative replicas")
@@ -43,27 +65,47 @@ class LocalCluster:
         self.replicas = replicas
         self.appendfsync = appendfsync
         self.node_timeout_ms = node_timeout_ms
+        self.password = password
         self.nodes: list[EmbeddedRedis] = []
 
     @property
     def url(self) -> str:
-        """A URL of one node; cluster clients discover the others from it."""
-        return self.nodes[0].url
+        """A ``redis+cluster://`` URL naming every node (clients need only one)."""
+        return cluster_url(self.startup_nodes, self.password)
+
+    def url_beside(self, port: int) -> str:
+        """The URL for a worker beside the node on ``port``: that node first."""
+        hosts = [("127.0.0.1", port)] + [h for h in self.startup_nodes if h[1] != port]
+        return cluster_url(hosts, self.password)
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:
         return [("127.0.0.1", n.port) for n in self.nodes]
 
-    def node(self, port: int | None = None) -> EmbeddedRedis:
+    def node(self, port: int) -> EmbeddedRedis:
         return next(n for n in self.nodes if n.port == port)
 
-    def make_node(self, index: int) -> EmbeddedRedis:
-        port = free_port()
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=self.password)
+
+    def _cli(self, *args: str, timeout_s: float = 60.0) -> None:
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        done = subprocess.run([find_redis_cli(), *auth, "--cluster", *args],
+                              capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise RedisServerError(f"redis-cli --cluster {args[0]} failed: "
+                                   f"{(done.stdout + done.stderr).strip()[-2000:]}")
+
+    def make_node(self, index: int, port: int | None = None) -> EmbeddedRedis:
+        port = port or cluster_port()
+        auth = {"masterauth": self.password} if self.password else {}
         return EmbeddedRedis(
             self.data_dir / f"node-{index}-{port}",
             port=port,
             appendfsync=self.appendfsync,
+            password=self.password,
             extra_config={
+                **auth,
                 "cluster-enabled": "yes",
                 "cluster-config-file": "nodes.conf",
                 "cluster-node-timeout": str(self.node_timeout_ms),
@@ -77,81 +119,107 @@ class LocalCluster:
         self.nodes = [self.make_node(i) for i in range(self.primaries * (1 + self.replicas))]
         for node in self.nodes:
             node.start()
-        hosts = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run(
-            [find_redis_cli(), "--cluster", "create", *hosts, "--cluster-replicas",
-             str(self.replicas), "--cluster-yes"],
-            check=True, capture_output=True, text=True, timeout=timeout_s,
-        )
+        self._cli("create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                  "--cluster-replicas", str(self.replicas), "--cluster-yes",
+                  timeout_s=timeout_s)
         self.wait_ok(timeout_s)
         return self.url
 
+    def alive(self) -> list[EmbeddedRedis]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
     def wait_ok(self, timeout_s: float = 60.0) -> None:
-        """Until every live node says the cluster is ok and agrees on all slots."""
+        """Until every live node says the cluster is ok, every slot served, and all
+        agree on who owns each slot."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            states = []
-            for node in self.nodes:
-                if node.process is None or node.process.poll() is not None:
-                    continue
-                try:
-                    info = redis.Redis(port=node.port).cluster("info")
-                except redis.RedisError:
-                    states.append(False)
-                    continue
-                states.append(info.get("cluster_state") == "ok"
-                              and int(info.get("cluster_slots_ok", 0)) == 16384)
-            if states and all(states):
-                return
+            try:
+                views = []
+                for node in self.alive():
+                    conn = self.client(node.port)
+                    info = conn.cluster("info")
+                    if info.get("cluster_state") != "ok" or int(
+                        info.get("cluster_slots_ok", 0)
+                    ) != 16384:
+                        break
+                    views.append(sorted((s[0], s[1], s[2][1])
+                                        for s in conn.execute_command("CLUSTER", "SLOTS")))
+                else:
+                    if views and all(v == views[0] for v in views):
+                        return
+            except redis.RedisError:
+                pass
             time.sleep(0.1)
         raise RedisServerError("the cluster did not become ok in time")
 
     def primary_ports(self) -> list[int]:
         """Ports of the nodes that are primaries now (as the cluster sees it)."""
-        for node in self.nodes:
-            if node.process is None or node.process.poll() is not None:
-                continue
+        for node in self.alive():
             try:
-                shards = redis.Redis(port=node.port).execute_command("CLUSTER", "SLOTS")
+                shards = self.client(node.port).execute_command("CLUSTER", "SLOTS")
             except redis.RedisError:
                 continue
             return sorted({int(s[2][1]) for s in shards})
         return []
 
-    def add_node(self, replica_of: int | None = None) -> EmbeddedRedis:
-        """Start a node and join it (empty primary, or replica of a primary port)."""
-        node = self.make_node(len(self.nodes))
-        node.start()
-        self.nodes.append(node)
-        args = [find_redis_cli(), "--cluster", "add-node", f"127.0.0.1:{node.port}",
-                f"127.0.0.1:{self.primary_ports()[0]}"]
-        if replica_of is not None:
-            args += ["--cluster-slave", "--cluster-master-id", self.node_id(replica_of)]
-        subprocess.run(args, check=True, capture_output=True, text=True, timeout=60)
-        return node
+    def replica_ports(self, primary: int) -> list[int]:
+        ports = []
+        for node in self.alive():
+            info = self.client(node.port).info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary:
+                ports.append(node.port)
+        return ports
+
+    def slots_of(self, port: int) -> int:
+        """How many slots the primary on ``port`` holds."""
+        total = 0
+        for start, end, owner, *_ in self.client(port).execute_command("CLUSTER", "SLOTS"):
+            if int(owner[1]) == port:
+                total += int(end) - int(start) + 1
+        return total
 
     def node_id(self, port: int) -> str:
-        return redis.Redis(port=port).execute_command("CLUSTER", "MYID").decode()
+        return self.client(port).execute_command("CLUSTER", "MYID").decode()
+
+    def add_node(self, replica_of: int | None = None) -> EmbeddedRedis:
+        """Start a node and join it (an empty primary, or a replica of a primary port)."""
+        node = self.make_node(len(self.nodes))
+        node.start()
+        extra = ["--cluster-slave", "--cluster-master-id", self.node_id(replica_of)] \
+            if replica_of is not None else []
+        self._cli("add-node", f"127.0.0.1:{node.port}",
+                  f"127.0.0.1:{self.primary_ports()[0]}", *extra)
+        self.nodes.append(node)
+        return node
 
     def reshard(self, source: int, target: int, slots: int) -> None:
         """Move ``slots`` slots from the primary on ``source`` to the one on ``target``
-        with redis-cli, while the cluster serves."""
-        subprocess.run(
-            [find_redis_cli(), "--cluster", "reshard", f"127.0.0.1:{source}",
-             "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
-             "--cluster-slots", str(slots), "--cluster-yes"],
-            check=True, capture_output=True, text=True, timeout=300,
-        )
+        with redis-cli (MIGRATE, key by key) while the cluster serves."""
+        self._cli("reshard", f"127.0.0.1:{source}", "--cluster-from", self.node_id(source),
+                  "--cluster-to", self.node_id(target), "--cluster-slots", str(slots),
+                  "--cluster-yes", timeout_s=300)
 
     def remove_node(self, port: int) -> None:
-        """Take an empty node (no slots) out of the cluster and stop it."""
-        subprocess.run(
-            [find_redis_cli(), "--cluster", "del-node", f"127.0.0.1:{self.primary_ports()[0]}",
-             self.node_id(port)],
-            check=True, capture_output=True, text=True, timeout=60,
-        )
+        """Take a node without slots (a replica, or an emptied primary) out of the
+        cluster and stop it."""
+        node_id = self.node_id(port)
+        others = [n.port for n in self.alive() if n.port != port]
+        self._cli("del-node", f"127.0.0.1:{others[0]}", node_id)
         self.node(port).stop()
         self.nodes = [n for n in self.nodes if n.port != port]
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (its data dir stays, to restart it)."""
+        self.node(port).kill()
+
+    def restart(self, port: int) -> EmbeddedRedis:
+        """Start a killed node again on its port and data (it rejoins as it was told)."""
+        old = self.node(port)
+        node = EmbeddedRedis(old.data_dir, port=port, appendfsync=self.appendfsync,
+                             password=self.password, extra_config=old.extra_config)
+        node.start()
+        self.nodes = [node if n.port == port else n for n in self.nodes]
+        return node
 
     def stop(self) -> None:
         for node in self.nodes:

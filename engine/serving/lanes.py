@@ -22,7 +22,13 @@ from inferis.client.protocol.defaults import GROUP
 
 
 class Lane:
-    """One partition: its stream, its connection and the completions it owes."""
+    """One partition: its stream, its connection and the completions it owes.
+
+    A write carries the completions owed and a blocking read. Their replies come
+    in that order; the completions' at once, the read's when work arrives, so the
+    lane takes the first as soon as its socket is readable and the read's only
+    when it is there: one lane waiting never holds up the others.
+    """
 
     def __init__(self, partition: int, connect: Callable[[str], Any]) -> None:
         self.partition = partition
@@ -30,7 +36,12 @@ class Lane:
         self._connect = connect
         self.conn: Any = None
         self.unsent: list[Command] = []  # idempotent: resent after a reconnect
-        self.awaiting = 0  # replies of a written read still to come (0: idle)
+        self.sent: list[Command] = []  # written, their replies not yet read
+        self.reading = False  # a blocking read is out
+
+    @property
+    def owes(self) -> bool:
+        return bool(self.unsent or self.sent)
 
     def write_read(self, consumer: str, count: int, block_ms: int) -> None:
         """Send what this lane owes and a blocking read, without waiting."""
@@ -42,37 +53,56 @@ class Lane:
             "STREAMS", self.stream, ">",
         ])
         self.conn.send_packed_command([pack(commands)], check_health=False)
-        self.awaiting = len(commands)
+        self.sent, self.unsent = self.unsent, []
+        self.reading = True
 
-    def read_replies(self) -> list[Any]:
-        """The replies of the last write (errors as values); the lane is idle again and
-        owes nothing more."""
-        replies: list[Any] = []
-        for _ in range(self.awaiting):
-            try:
-                replies.append(self.conn.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)
-        self.awaiting = 0
-        self.unsent = []
-        return replies
+    def take_settled(self) -> list[tuple[Command, Any]]:
+        """Each completion sent with its reply (errors as values); nothing owed then."""
+        settled = [(command, self._read_one()) for command in self.sent]
+        self.sent = []
+        return settled
+
+    def take_read(self) -> Any:
+        """The read's reply if it has come (a batch, nil, or an error), else PENDING."""
+        if self.sent:
+            raise RuntimeError("take the completions' replies first")
+        if not self.conn.can_read(timeout=0):
+            return PENDING
+        return self.finish_read()
+
+    def finish_read(self) -> Any:
+        """The read's reply, waiting for it (its BLOCK bounds the wait)."""
+        self.reading = False
+        return self._read_one()
+
+    def _read_one(self) -> Any:
+        try:
+            return self.conn.read_response()
+        except redis.ResponseError as exc:  # that reply was read whole: keep going
+            return exc
 
     def fileno(self) -> int:
         return int(self.conn._sock.fileno())
 
     def close(self) -> None:
         """Drop the connection (after an error); what it owes stays owed."""
+        self.unsent = [*self.sent, *self.unsent]
+        self.sent = []
+        self.reading = False
         if self.conn is not None:
             try:
                 self.conn.disconnect()
             finally:
                 self.conn = None
-        self.awaiting = 0
+
+
+# What take_read returns while the read is still blocked in Redis.
+PENDING = object()
 
 
 def wait_readable(lanes: Iterable[Lane], timeout_ms: int) -> list[Lane]:
     """The lanes whose read has answered (a reply is waiting), within ``timeout_ms``."""
-    waiting = {lane.fileno(): lane for lane in lanes if lane.awaiting}
+    waiting = {lane.fileno(): lane for lane in lanes if lane.reading}
     if not waiting:
         return []
     poller = select.poll()

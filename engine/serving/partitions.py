@@ -15,13 +15,32 @@ from inferis.client.routing import Routes, parse_cluster_url
 from ..config import ConfigError
 
 
-def home_node(url: str) -> str:
-    """The node a cluster worker sits beside: the first one its URL names."""
-    host, port = parse_cluster_url(url).hosts[0]
-    return f"{host}:{port}"
+class Home:
+    """The shard a cluster worker sits beside: the one its home node (the first node
+    its URL names) is in, primary or replica. While that node is away (its
+    redis-server died and a replica took over) the shard it was last in."""
+
+    def __init__(self, url: str) -> None:
+        host, port = parse_cluster_url(url).hosts[0]
+        self.node = f"{host}:{port}"
+        self.shard: frozenset[str] = frozenset({self.node})
+
+    def holds(self, shard: frozenset[str]) -> bool:
+        return bool(shard & self.shard)
+
+    def follow(self, shards: set[frozenset[str]]) -> None:
+        """Note the shard the home node is in now (if it is in one)."""
+        for shard in shards:
+            if self.node in shard:
+                self.shard = shard
+                return
+        for shard in shards:  # home away: the shard its old peers are in
+            if shard & self.shard:
+                self.shard = shard | {self.node}
+                return
 
 
-def assigned(spec: str, routes: Routes, count: int, home: str = "") -> list[int]:
+def assigned(spec: str, routes: Routes, count: int, home: Home | None = None) -> list[int]:
     text = spec.strip().lower()
     if text not in ("auto", "all"):
         try:
@@ -36,12 +55,10 @@ def assigned(spec: str, routes: Routes, count: int, home: str = "") -> list[int]
     if routes.cluster is None:
         return [0]
     spread = list(keys.spread_partitions(count))
-    if text == "all":
+    if text == "all" or home is None:
         return spread
     slots = routes.cluster.nodes_manager.slots_cache
-    mine = []
-    for partition in spread:
-        shard = slots.get(keys.slot_of(keys.partition_tag(partition))) or []
-        if home in {node.name for node in shard}:
-            mine.append(partition)
-    return mine
+    shard_of = {p: frozenset(n.name for n in slots.get(keys.slot_of(keys.partition_tag(p))) or [])
+                for p in spread}
+    home.follow(set(shard_of.values()))
+    return [p for p in spread if home.holds(shard_of[p])]

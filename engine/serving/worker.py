@@ -30,8 +30,9 @@ import redis
 from inferis.client.connection import roundtrip
 from inferis.client.protocol import commands
 from inferis.client.protocol.backoff import Backoff
+from inferis.client.protocol.commands import Command
 from inferis.client.protocol.defaults import GROUP, MODELS_CHANNEL
-from inferis.client.routing import REDIRECTS, Routes, is_cluster_url
+from inferis.client.routing import Routes, is_cluster_url, must_resend
 from inferis.lua import ensure_library
 
 from .. import metrics
@@ -43,8 +44,7 @@ from .admission import Admitted, RawEntry, admit
 from .collector import batch_delay_us
 from .completion import record, settle
 from .executor import Executor
-from .lanes import Lane, wait_readable
-from .partitions import home_node
+from .lanes import PENDING, Lane, wait_readable
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class Worker:
             if config.isolate_backends else None
         )
         self._lanes: dict[int, Lane] = {}
-        self._home = home_node(config.redis_url) if is_cluster_url(config.redis_url) else ""
+        self._leaving: set[int] = set()  # lanes whose slot moved away
+        self._home = partitions.Home(config.redis_url) if is_cluster_url(config.redis_url) else None
         self.served = 0
 
     @property
@@ -93,7 +94,7 @@ class Worker:
 
     @property
     def _owed(self) -> bool:
-        return any(lane.unsent for lane in self._lanes.values())
+        return any(lane.owes for lane in self._lanes.values())
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -178,14 +179,22 @@ class Worker:
                  self.config.redis_url, ", ".join(self.streams) or "nothing yet")
 
     def home_client(self) -> redis.Redis:
-        """The Redis beside this worker: the single one, or its cluster home node."""
+        """The Redis beside this worker: the single one, or its cluster home node
+        (while that is away, the first primary that answers)."""
         assert self._routes is not None
-        if self._routes.cluster is None:
+        cluster = self._routes.cluster
+        if cluster is None:
             return self._redis
-        node = self._routes.cluster.get_node(node_name=self._home)
-        if node is None:  # the home node is gone from the cluster: any primary serves
-            node = self._routes.cluster.get_primaries()[0]
-        return self._routes.cluster.get_redis_connection(node)
+        home = cluster.get_node(node_name=self._home.node) if self._home else None
+        candidates = ([home] if home else []) + cluster.get_primaries()
+        for node in candidates:
+            client = cluster.get_redis_connection(node)
+            try:
+                client.ping()
+            except _REDIS_DOWN:
+                continue
+            return client
+        raise redis.ConnectionError("no node of the cluster answers")
 
     def node_client(self, key: str) -> redis.Redis:
         """The Redis holding ``key`` (for commands redis-py does not route by key)."""
@@ -205,18 +214,13 @@ class Worker:
                 log.info("loaded the Functions library on %s", pool.connection_kwargs.get("port"))
 
     def assign_partitions(self) -> None:
-        """The partitions to serve now (their slots may have moved); lanes follow."""
+        """The partitions to serve now (their slots may have moved); lanes follow.
+        A lane that goes first brings back its read and sends what it owes."""
         assert self._routes is not None
         wanted = partitions.assigned(
             self.config.partitions, self._routes, self.config.cluster_partitions, self._home
         )
-        for number in [n for n in self._lanes if n not in wanted]:
-            lane = self._lanes.pop(number)
-            if lane.unsent:  # answers owed are sent before the lane goes
-                self._lanes[number] = lane
-                continue
-            lane.close()
-            log.info("no longer serving %s (its slot moved)", lane.stream)
+        self._leaving = {n for n in self._lanes if n not in wanted}
         for number in wanted:
             if number not in self._lanes:
                 lane = Lane(number, self.lane_connection)
@@ -224,6 +228,16 @@ class Worker:
                 self._lanes[number] = lane
                 if self._routes.cluster is not None:
                     log.info("serving %s", lane.stream)
+
+    def retire_lanes(self) -> None:
+        for number in list(self._leaving):
+            lane = self._lanes[number]
+            if lane.owes or lane.reading:
+                continue
+            lane.close()
+            del self._lanes[number]
+            self._leaving.discard(number)
+            log.info("no longer serving %s (its slot moved)", lane.stream)
 
     def lane_connection(self, stream: str) -> Any:
         assert self._routes is not None
@@ -296,20 +310,23 @@ class Worker:
     def read_batch(self) -> list[tuple[str, list[RawEntry]]]:
         """Send each idle lane what it owes and a blocking read (one write each), then
         take the batches of the lanes that answer."""
-        for lane in self._lanes.values():
-            if not lane.awaiting:
-                lane.write_read(self.consumer, self.config.read_count, self.config.block_ms)
-        if not self._lanes:
+        self.retire_lanes()
+        for number, lane in self._lanes.items():
+            if not lane.reading:
+                if number in self._leaving:
+                    self.send_owed(lane)
+                else:
+                    lane.write_read(self.consumer, self.config.read_count, self.config.block_ms)
+        if not any(lane.reading for lane in self._lanes.values()):
             time.sleep(self.config.block_ms / 1000)  # nothing beside us (yet): look again later
             return []
         batches = []
         for lane in wait_readable(self._lanes.values(), self.config.block_ms + 1000):
-            replies = lane.read_replies()
-            for reply in replies[:-1]:
-                if isinstance(reply, Exception):
-                    log.error("completing a batch on %s failed: %s", lane.stream, reply)
-            reply = replies[-1]
-            if isinstance(reply, REDIRECTS):  # the slot moved: find where it is now
+            self.check_settled(lane)
+            reply = lane.take_read()
+            if reply is PENDING:
+                continue
+            if must_resend(reply, True):  # the slot moved: find where it is now
                 lane.close()
                 self._next_refresh = 0.0
                 continue
@@ -325,24 +342,43 @@ class Worker:
             self.drain_notices()  # a version stored before these requests is seen by them
         return batches
 
-    def send_completions(self) -> None:
-        """Send what the lanes owe without reading (stopping)."""
-        for lane in self._lanes.values():
-            if lane.awaiting:  # a read is out: take its answer, serve it, owe that too
-                for stream, raw in self.collect_out_reads(lane):
-                    self.serve(stream, raw)
-            if lane.unsent:
-                conn = lane.conn or self.lane_connection(lane.stream)
-                lane.conn = conn
-                roundtrip(conn, [c.as_args() for c in lane.unsent])
-                lane.unsent = []
+    def check_settled(self, lane: Lane) -> None:
+        self.keep_unsettled(lane, lane.take_settled())
 
-    def collect_out_reads(self, lane: Lane) -> list[tuple[str, list[RawEntry]]]:
-        replies = lane.read_replies()
-        reply = replies[-1] if replies else None
-        if isinstance(reply, Exception) or not reply:
-            return []
-        return [(lane.stream, _entries(got)) for _, got in reply]
+    def keep_unsettled(self, lane: Lane, settled: list[tuple[Command, Any]]) -> None:
+        """A completion refused because its slot moved (or the node has no library
+        yet) stays owed and goes again, to where the slot is: completions are
+        idempotent (acknowledge first, write only what was acknowledged)."""
+        again = [command for command, reply in settled if must_resend(reply, True)]
+        for command, reply in settled:
+            if isinstance(reply, Exception) and command not in again:
+                log.error("completing a batch on %s failed: %s", lane.stream, reply)
+        if again:
+            lane.unsent = [*again, *lane.unsent]
+            self._next_refresh = 0.0
+            if not lane.reading:
+                lane.close()  # connect again, to the slot's owner now
+
+    def send_completions(self) -> None:
+        """Send what the lanes owe without reading more (stopping); a read that is out
+        is taken first, its batch served and answered too."""
+        for lane in self._lanes.values():
+            if lane.reading:
+                self.check_settled(lane)
+                reply = lane.finish_read()
+                if reply and not isinstance(reply, Exception):
+                    for _, got in reply:
+                        self.serve(lane.stream, _entries(got))
+            self.send_owed(lane)
+
+    def send_owed(self, lane: Lane) -> None:
+        if not lane.unsent:
+            return
+        if lane.conn is None:
+            lane.conn = self.lane_connection(lane.stream)
+        owed, lane.unsent = lane.unsent, []
+        replies = roundtrip(lane.conn, [c.as_args() for c in owed])
+        self.keep_unsettled(lane, list(zip(owed, replies, strict=True)))
 
     def drain_notices(self) -> None:
         """Forget moving resolutions named by MODELSTORE/MODELDEL notices. A drain
