@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -221,27 +222,27 @@ class AsyncClient(Operations):
         if batch:
             self._write(self._calls(batch))
 
-    def _write(self, calls: list[_Call], deadline: float | None = None) -> None:
-        """Write ``calls`` to their nodes; ``deadline`` (loop time) bounds their retries,
-        kept when they are sent again elsewhere."""
+    def _write(self, calls: list[_Call], retry: _Retry | None = None) -> None:
+        """Write ``calls`` to their nodes; ``retry`` bounds their retries (a deadline in
+        loop time and a growing pause), kept when they are sent again elsewhere."""
         loop = asyncio.get_running_loop()
-        if deadline is None:
-            deadline = loop.time() + self.reconnect_window_s
+        if retry is None:
+            retry = _Retry(loop.time() + self.reconnect_window_s)
         if not self._routes_ready:  # the slot map is not known yet: learn it first
-            task = loop.create_task(self._write_later(calls, deadline))
+            task = loop.create_task(self._write_later(calls, retry))
         else:
             for node, group in self._by_node(calls).items():
                 pipe = self._pipe(node)
                 wire = self._wire(group)
                 sent = pipe.write(wire) if pipe.ready else None
-                task = loop.create_task(self._settle(node, group, wire, sent, deadline))
+                task = loop.create_task(self._settle(node, group, wire, sent, retry))
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
             return
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _write_later(self, calls: list[_Call], deadline: float) -> None:
+    async def _write_later(self, calls: list[_Call], retry: _Retry) -> None:
         try:
             await self._open_routes()
         except (*_DOWN, redis.RedisError) as exc:
@@ -249,7 +250,7 @@ class AsyncClient(Operations):
                 for owner in call[3]:
                     _fail(owner, ConnectionLostError(f"the cluster could not be reached: {exc}"))
             return
-        self._write(calls, deadline)
+        self._write(calls, retry)
 
     def _by_node(self, calls: list[_Call]) -> dict[str, list[_Call]]:
         groups: dict[str, list[_Call]] = {}
@@ -298,7 +299,7 @@ class AsyncClient(Operations):
         group: list[_Call],
         wire: list[list[Any]],
         sent: list[asyncio.Future[Any]] | None,
-        deadline: float,
+        retry: _Retry,
     ) -> None:
         """Await a node's replies and settle its futures. While Redis restarts or fails
         over, the batch is resent for a while: stores are content-addressed, tensor
@@ -307,7 +308,6 @@ class AsyncClient(Operations):
         ASK, or TRYAGAIN (a slot moved or is moving) is sent again, after a short
         pause, where the cluster then says."""
         loop = asyncio.get_running_loop()
-        backoff = Backoff(cap=0.5)
         pipe = self._pipe(node)
         while True:
             try:
@@ -319,15 +319,15 @@ class AsyncClient(Operations):
             except (TimeoutError, *_DOWN) as exc:
                 _raise_if_cancelled()
                 await pipe.reset()
-                if loop.time() > deadline:
+                if loop.time() > retry.deadline:
                     for _, kind, _, owners in group:
                         for owner in owners:
                             _fail(owner, _lost(kind, owner, exc, self.reconnect_window_s))
                     return
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(retry.backoff.next())
                 if self.cluster:  # the node may be gone for good: route again
                     await self._refresh_quietly()
-                    self._write(group, deadline)
+                    self._write(group, retry)
                     return
                 sent = None
         shortfall = None
@@ -354,15 +354,15 @@ class AsyncClient(Operations):
                 elif kind != "run":  # a run is settled by its answer
                     owner.set_result(reply)  # type: ignore[union-attr]
         if moved:
-            if loop.time() > deadline:
+            if loop.time() > retry.deadline:
                 for _, kind, _, owners in moved:
                     for owner in owners:
                         _fail(owner, _lost(kind, owner, redis.ConnectionError(
                             "the slot kept moving"), self.reconnect_window_s))
                 return
             await self._refresh_quietly()
-            await asyncio.sleep(backoff.next())
-            self._write(moved, deadline)
+            await asyncio.sleep(retry.backoff.next())
+            self._write(moved, retry)
 
     async def _refresh_quietly(self) -> None:
         try:
@@ -401,6 +401,14 @@ class AsyncClient(Operations):
                 await self._refresh_quietly()
                 continue
             self._inflight.dispatch(replies[-1])
+
+
+@dataclass
+class _Retry:
+    """How long a batch of calls may still be retried, and how long to pause next."""
+
+    deadline: float
+    backoff: Backoff = field(default_factory=lambda: Backoff(cap=0.5))
 
 
 def _raise_if_cancelled() -> None:

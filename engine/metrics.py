@@ -143,5 +143,17 @@ class ModelStats:
             pipe.hincrby(key, "run_us", counts.run_us)
             pipe.hincrby(key, "queue_us", counts.queue_us)
             pipe.hset(key, "last_ms", now_ms)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except Exception:
+            self._keep(pending)  # counted again at the next flush
+            raise
         self._next_flush = time.monotonic() + self.interval_s
+
+    def _keep(self, pending: dict[str, _Counts]) -> None:
+        for model, counts in pending.items():
+            mine = self._pending[model]
+            mine.requests += counts.requests
+            mine.errors += counts.errors
+            mine.run_us += counts.run_us
+            mine.queue_us += counts.queue_us

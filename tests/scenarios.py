@@ -184,20 +184,25 @@ async def sentinel_failover(tmp: Path, iris: IrisModel, total: int = 1500,
 
 
 async def _cluster_run(stack: ClusterStack, iris: IrisModel, result: Result, inject,  # type: ignore[no-untyped-def]
-                       total: int, concurrency: int, wait_replicas: int = 0) -> Result:
-    """Load on a started cluster while ``inject`` runs once, then account for every
-    request; the stack is stopped whatever happens."""
+                       concurrency: int, wait_replicas: int = 0, after_s: float = 3.0) -> Result:
+    """Load on a started cluster from a second before ``inject`` runs until
+    ``after_s`` after it returns, then account for every request; the stack is
+    stopped whatever happens."""
     try:
         async with AsyncClient(stack.url, wait_replicas=wait_replicas,
                                timeout_ms=90_000) as client:
             await client.modelstore("iris", "onnx", iris.blob)
+            stop = asyncio.Event()
             load = asyncio.create_task(
-                drive(client, "iris", _iris_case(iris), total=total, concurrency=concurrency)
+                drive(client, "iris", _iris_case(iris), total=10_000_000,
+                      concurrency=concurrency, stop=stop)
             )
             await asyncio.sleep(1.0)
             started = time.monotonic()
             await inject()
             result.windows.append((started, time.monotonic()))
+            await asyncio.sleep(after_s)
+            stop.set()
             result.tally = await load
         result.workers_alive = stack.workers_alive()
     finally:
@@ -205,8 +210,7 @@ async def _cluster_run(stack: ClusterStack, iris: IrisModel, result: Result, inj
     return result
 
 
-async def cluster_failover(tmp: Path, iris: IrisModel, total: int = 3000,
-                           concurrency: int = 32) -> Result:
+async def cluster_failover(tmp: Path, iris: IrisModel, concurrency: int = 32) -> Result:
     """3 primaries + 3 replicas; one primary is SIGKILLed under load, the cluster
     promotes its replica, and the old primary comes back as a replica. The client
     enqueues with WAIT 1."""
@@ -222,10 +226,10 @@ async def cluster_failover(tmp: Path, iris: IrisModel, total: int = 3000,
         result.faults["failover"] += 1
         await asyncio.to_thread(cluster.restart, victim)
 
-    return await _cluster_run(stack, iris, result, inject, total, concurrency, wait_replicas=1)
+    return await _cluster_run(stack, iris, result, inject, concurrency, wait_replicas=1)
 
 
-async def cluster_reshard(tmp: Path, iris: IrisModel, total: int = 4000, slots: int = 1500,
+async def cluster_reshard(tmp: Path, iris: IrisModel, slots: int = 1500,
                           concurrency: int = 32) -> Result:
     """Slots (and the partitions in them) migrated between primaries with
     ``redis-cli --cluster reshard`` while serving: A to B, then B to C."""
@@ -240,11 +244,11 @@ async def cluster_reshard(tmp: Path, iris: IrisModel, total: int = 4000, slots: 
             await asyncio.to_thread(cluster.reshard, source, target, slots)
             result.faults["reshard"] += 1
 
-    return await _cluster_run(stack, iris, result, inject, total, concurrency)
+    return await _cluster_run(stack, iris, result, inject, concurrency)
 
 
-async def cluster_grow_shrink(tmp: Path, iris: IrisModel, total: int = 4000,
-                              slots: int = 1500, concurrency: int = 32) -> Result:
+async def cluster_grow_shrink(tmp: Path, iris: IrisModel, slots: int = 1500,
+                              concurrency: int = 32) -> Result:
     """A primary added (with a worker beside it) and given slots, a replica removed,
     then the new primary's slots handed back and the node removed, all under load."""
     stack = ClusterStack(tmp, worker_args=("--claim-idle-ms", "2000"))
@@ -265,4 +269,4 @@ async def cluster_grow_shrink(tmp: Path, iris: IrisModel, total: int = 4000,
         await asyncio.to_thread(cluster.remove_node, node.port)
         result.faults["removed"] += 1
 
-    return await _cluster_run(stack, iris, result, inject, total, concurrency)
+    return await _cluster_run(stack, iris, result, inject, concurrency)

@@ -132,7 +132,8 @@ class ClusterStack:
 
     def wait_served(self, timeout_s: float = 60.0) -> None:
         """Until every spread partition's request stream has a consumer group."""
-        cluster = redis.RedisCluster(port=self.cluster.nodes[0].port)
+        cluster = redis.RedisCluster(host="127.0.0.1", port=self.cluster.nodes[0].port,
+                                     password=self.cluster.password)
         deadline = time.monotonic() + timeout_s
         try:
             for partition in keys.spread_partitions(CLUSTER_PARTITIONS):

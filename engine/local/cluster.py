@@ -89,12 +89,20 @@ class LocalCluster:
         return redis.Redis(port=port, password=self.password)
 
     def _cli(self, *args: str, timeout_s: float = 60.0) -> None:
+        """``redis-cli --cluster ...``; retried while the nodes' views of the
+        configuration still differ (gossip settles within a few seconds)."""
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
-        done = subprocess.run([find_redis_cli(), *auth, "--cluster", *args],
-                              capture_output=True, text=True, timeout=timeout_s)
-        if done.returncode != 0:
-            raise RedisServerError(f"redis-cli --cluster {args[0]} failed: "
-                                   f"{(done.stdout + done.stderr).strip()[-2000:]}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = subprocess.run([find_redis_cli(), *auth, "--cluster", *args],
+                                  capture_output=True, text=True, timeout=timeout_s)
+            if done.returncode == 0:
+                return
+            said = (done.stdout + done.stderr).strip()
+            settling = "agree about configuration" in said or "please retry" in said
+            if not settling or time.monotonic() > deadline:
+                raise RedisServerError(f"redis-cli --cluster {args[0]} failed: {said[-2000:]}")
+            time.sleep(0.5)
 
     def make_node(self, index: int, port: int | None = None) -> EmbeddedRedis:
         port = port or cluster_port()
@@ -129,8 +137,8 @@ class LocalCluster:
         return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
 
     def wait_ok(self, timeout_s: float = 60.0) -> None:
-        """Until every live node says the cluster is ok, every slot served, and all
-        agree on who owns each slot."""
+        """Until every live node says the cluster is ok, every slot served, all
+        agree on who owns each slot, and every replica is linked to its primary."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -142,6 +150,10 @@ class LocalCluster:
                         info.get("cluster_slots_ok", 0)
                     ) != 16384:
                         break
+                    replication = conn.info("replication")
+                    if replication.get("role") == "slave" and \
+                            replication.get("master_link_status") != "up":
+                        break  # a replica still syncing would fail WAIT
                     views.append(sorted((s[0], s[1], s[2][1])
                                         for s in conn.execute_command("CLUSTER", "SLOTS")))
                 else:
@@ -190,7 +202,23 @@ class LocalCluster:
         self._cli("add-node", f"127.0.0.1:{node.port}",
                   f"127.0.0.1:{self.primary_ports()[0]}", *extra)
         self.nodes.append(node)
+        self.wait_known(self.node_id(node.port))
+        self.wait_ok()  # the newcomer sees the cluster as ok before it takes slots
         return node
+
+    def wait_known(self, node_id: str, timeout_s: float = 30.0) -> None:
+        """Until every live node lists ``node_id`` (gossip spreads a joined node)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                views = [self.client(n.port).cluster("nodes") for n in self.alive()]
+                if all(any(v.get("node_id") == node_id for v in view.values())
+                       for view in views):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RedisServerError(f"node {node_id} was not known to every node in time")
 
     def reshard(self, source: int, target: int, slots: int) -> None:
         """Move ``slots`` slots from the primary on ``source`` to the one on ``target``
@@ -198,6 +226,20 @@ class LocalCluster:
         self._cli("reshard", f"127.0.0.1:{source}", "--cluster-from", self.node_id(source),
                   "--cluster-to", self.node_id(target), "--cluster-slots", str(slots),
                   "--cluster-yes", timeout_s=300)
+
+    def move_slot(self, slot: int, source: int, target: int) -> None:
+        """Move one slot and its keys, as redis-cli does for each slot it moves:
+        IMPORTING/MIGRATING, MIGRATE in batches, then the new owner told to all."""
+        src, dst = self.client(source), self.client(target)
+        src_id, dst_id = self.node_id(source), self.node_id(target)
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        auth = ["AUTH", self.password] if self.password else []
+        while batch := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 10_000, *auth,
+                                "KEYS", *batch)
+        for port in self.primary_ports():
+            self.client(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
     def remove_node(self, port: int) -> None:
         """Take a node without slots (a replica, or an emptied primary) out of the

@@ -99,6 +99,9 @@ class EmbeddedRedis:
             "save": '""',
             "daemonize": "no",
             "protected-mode": "yes",
+            # A replica that (re)joins is synced at once; Redis's default waits 5 s
+            # for more replicas first, and writes under WAIT stall that long.
+            "repl-diskless-sync-delay": "0",
             **({"requirepass": self.password} if self.password else {}),
             **self.extra_config,
         }

@@ -10,6 +10,7 @@ read on every idle lane, then polls their sockets and serves whichever answers.
 from __future__ import annotations
 
 import select
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,6 +18,7 @@ import redis
 
 from inferis.client.connection import pack
 from inferis.client.protocol import keys
+from inferis.client.protocol.backoff import Backoff
 from inferis.client.protocol.commands import Command
 from inferis.client.protocol.defaults import GROUP
 
@@ -38,6 +40,11 @@ class Lane:
         self.unsent: list[Command] = []  # idempotent: resent after a reconnect
         self.sent: list[Command] = []  # written, their replies not yet read
         self.reading = False  # a blocking read is out
+        # After a connection error only this lane waits (its node may be dying,
+        # the others are not): no write before retry_at.
+        self.retry_at = 0.0
+        self.failures = 0  # in a row
+        self._backoff = Backoff(first=0.1, cap=1.0)
 
     @property
     def owes(self) -> bool:
@@ -81,6 +88,20 @@ class Lane:
         except redis.ResponseError as exc:  # that reply was read whole: keep going
             return exc
 
+    @property
+    def ready(self) -> bool:
+        return time.monotonic() >= self.retry_at
+
+    def failed(self) -> None:
+        """The connection broke: drop it, keep what is owed, wait a little."""
+        self.close()
+        self.failures += 1
+        self.retry_at = time.monotonic() + self._backoff.next()
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self._backoff.reset()
+
     def fileno(self) -> int:
         return int(self.conn._sock.fileno())
 
@@ -92,6 +113,8 @@ class Lane:
         if self.conn is not None:
             try:
                 self.conn.disconnect()
+            except OSError:
+                pass  # a socket already broken has nothing to release
             finally:
                 self.conn = None
 

@@ -23,6 +23,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -208,10 +209,17 @@ class Worker:
         """The Functions library on every primary: Redis copies it to replicas but not
         to other shards, nor to a node that joins or comes back empty."""
         assert self._routes is not None
+        clustered = self._routes.cluster is not None
         for pool in self._routes.primary_pools():
             node = redis.Redis(connection_pool=pool)
-            if ensure_library(node, compare_code=thorough):
-                log.info("loaded the Functions library on %s", pool.connection_kwargs.get("port"))
+            try:
+                if ensure_library(node, compare_code=thorough):
+                    log.info("loaded the Functions library on %s",
+                             pool.connection_kwargs.get("port"))
+            except _REDIS_DOWN:
+                if not clustered:
+                    raise
+                # a primary that is down is replaced or comes back: looked at again then
 
     def assign_partitions(self) -> None:
         """The partitions to serve now (their slots may have moved); lanes follow.
@@ -285,10 +293,14 @@ class Worker:
         """One cycle: housekeeping when due, a read on every idle lane, then serve the
         lanes that answered; returns entries handled."""
         assert self._redis is not None
-        self._stats.flush_due(self._redis)
         handled = 0
         now = time.monotonic()
         clustered = self._routes is not None and self._routes.cluster is not None
+        try:
+            self._stats.flush_due(self._redis)
+        except _REDIS_DOWN:
+            if not clustered:
+                raise  # kept, flushed once the stats' shard is back
         if clustered and now >= self._next_refresh:
             self.follow_the_cluster()
             self._next_refresh = now + CLUSTER_REFRESH_S
@@ -312,35 +324,64 @@ class Worker:
         take the batches of the lanes that answer."""
         self.retire_lanes()
         for number, lane in self._lanes.items():
-            if not lane.reading:
+            if lane.reading or not lane.ready:
+                continue
+            with self.lane_io(lane):
                 if number in self._leaving:
                     self.send_owed(lane)
                 else:
                     lane.write_read(self.consumer, self.config.read_count, self.config.block_ms)
         if not any(lane.reading for lane in self._lanes.values()):
-            time.sleep(self.config.block_ms / 1000)  # nothing beside us (yet): look again later
+            # nothing to read from (yet, or its lanes wait to retry): look again later
+            retries = [lane.retry_at for lane in self._lanes.values() if not lane.ready]
+            pause = self.config.block_ms / 1000
+            if retries:
+                pause = min(pause, max(0.0, min(retries) - time.monotonic()))
+            time.sleep(pause)
             return []
         batches = []
         for lane in wait_readable(self._lanes.values(), self.config.block_ms + 1000):
-            self.check_settled(lane)
-            reply = lane.take_read()
-            if reply is PENDING:
-                continue
-            if must_resend(reply, True):  # the slot moved: find where it is now
-                lane.close()
-                self._next_refresh = 0.0
-                continue
-            if isinstance(reply, redis.ResponseError):
-                if "NOGROUP" in str(reply):  # Redis came back without our data
-                    self.ensure_library(thorough=True)
-                    self.ensure_group(lane.stream)
+            with self.lane_io(lane):
+                self.check_settled(lane)
+                reply = lane.take_read()
+                if reply is PENDING:
                     continue
-                raise reply
-            for _, got in reply or ():
-                batches.append((lane.stream, _entries(got)))
+                if lane.failures:
+                    log.info("%s is served again", lane.stream)
+                lane.succeeded()
+                if must_resend(reply, True) or _stream_moved_away(reply):
+                    lane.close()  # the slot moved: find where it is now
+                    self._next_refresh = 0.0
+                    continue
+                if isinstance(reply, redis.ResponseError):
+                    if "NOGROUP" in str(reply):  # Redis came back without our data
+                        self.ensure_library(thorough=True)
+                        self.ensure_group(lane.stream)
+                        continue
+                    raise reply
+                for _, got in reply or ():
+                    batches.append((lane.stream, _entries(got)))
         if batches:
             self.drain_notices()  # a version stored before these requests is seen by them
         return batches
+
+    @contextlib.contextmanager
+    def lane_io(self, lane: Lane) -> Iterator[None]:
+        """In a cluster, a broken connection is that lane's alone: its node may be
+        down while the others serve on. The lane keeps what it owes, waits, and the
+        slot map is looked at again soon (a replica may be taking over)."""
+        try:
+            yield
+        except _REDIS_DOWN as exc:
+            if self._routes is None or self._routes.cluster is None:
+                raise  # a single Redis: the whole worker waits it out
+            if not lane.failures:  # once per outage, not once per retry
+                log.warning("lost %s's connection (%s); retrying it", lane.stream, exc)
+            lane.failed()
+            if self._stopping and lane.owes:
+                log.warning("%s: leaving its last batch pending for another worker", lane.stream)
+                lane.unsent = []
+            self._next_refresh = min(self._next_refresh, time.monotonic() + 0.5)
 
     def check_settled(self, lane: Lane) -> None:
         self.keep_unsettled(lane, lane.take_settled())
@@ -363,13 +404,14 @@ class Worker:
         """Send what the lanes owe without reading more (stopping); a read that is out
         is taken first, its batch served and answered too."""
         for lane in self._lanes.values():
-            if lane.reading:
-                self.check_settled(lane)
-                reply = lane.finish_read()
-                if reply and not isinstance(reply, Exception):
-                    for _, got in reply:
-                        self.serve(lane.stream, _entries(got))
-            self.send_owed(lane)
+            with self.lane_io(lane):
+                if lane.reading:
+                    self.check_settled(lane)
+                    reply = lane.finish_read()
+                    if reply and not isinstance(reply, Exception):
+                        for _, got in reply:
+                            self.serve(lane.stream, _entries(got))
+                self.send_owed(lane)
 
     def send_owed(self, lane: Lane) -> None:
         if not lane.unsent:
@@ -438,25 +480,35 @@ class Worker:
         """Take over entries another (dead or stuck) consumer left idle, and serve them."""
         assert self._redis is not None
         handled = 0
+        clustered = self._routes is not None and self._routes.cluster is not None
         for stream in self.streams:
             try:
-                _, entries, *_ = self._redis.xautoclaim(
-                    stream, GROUP, self.consumer,
-                    min_idle_time=self.config.claim_idle_ms, start_id="0-0", count=256,
-                )
-            except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    self.ensure_group(stream)
-                    continue
-                raise
-            self.forget_dead_consumers(stream)
-            live = [(_text(i), f) for i, f in entries if f]
-            if not live:
-                continue
-            log.info("reclaimed %d idle entries on %s", len(live), stream)
-            metrics.RECLAIMED.inc(len(live))
-            handled += self.serve(stream, live, self.delivery_counts(stream, live))
+                handled += self.reclaim_stream(stream)
+            except (*_REDIS_DOWN, redis.exceptions.ClusterDownError):
+                if not clustered:
+                    raise
+                # this stream's shard is failing over: its lane retries, and so do we
         return handled
+
+    def reclaim_stream(self, stream: str) -> int:
+        assert self._redis is not None
+        try:
+            _, entries, *_ = self._redis.xautoclaim(
+                stream, GROUP, self.consumer,
+                min_idle_time=self.config.claim_idle_ms, start_id="0-0", count=256,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self.ensure_group(stream)
+                return 0
+            raise
+        self.forget_dead_consumers(stream)
+        live = [(_text(i), f) for i, f in entries if f]
+        if not live:
+            return 0
+        log.info("reclaimed %d idle entries on %s", len(live), stream)
+        metrics.RECLAIMED.inc(len(live))
+        return self.serve(stream, live, self.delivery_counts(stream, live))
 
     def forget_dead_consumers(self, stream: str) -> None:
         """Remove consumers of workers that are gone: they own nothing, have been
@@ -487,6 +539,12 @@ class Worker:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_moved_away(reply: object) -> bool:
+    """A blocked read ended because its stream key left the node (MIGRATE during a
+    reshard deletes it at the source)."""
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith("UNBLOCKED")
 
 
 def _entries(raw: Any) -> list[RawEntry]:
