@@ -13,7 +13,8 @@ from pathlib import Path
 from inferis.client.connection import sync_connection
 from inferis.lua import ensure_library
 
-from ..config import WorkerConfig, add_worker_arguments, worker_argv
+from ..config import ConfigError, WorkerConfig, add_worker_arguments, worker_argv
+from ..local.cluster import LocalCluster
 from ..local.embedded import EmbeddedRedis, data_dir_password
 from ..local.supervisor import WorkerPool
 from ..serving.worker import Worker
@@ -30,6 +31,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     up.add_argument("--port", type=int, default=0, help="port for the private Redis (0: any free)")
     up.add_argument("--appendfsync", default="everysec", choices=["always", "everysec", "no"])
+    up.add_argument("--cluster", type=int, default=0, metavar="N",
+                    help="start a local Redis Cluster of N primaries (a fresh one each "
+                         "time) instead of one Redis, --workers workers beside each primary")
+    up.add_argument("--replicas", type=int, default=1, metavar="R",
+                    help="replicas per primary with --cluster")
     up.add_argument("--no-password", action="store_true",
                     help="start the private Redis without a password (default: one is made "
                          "and kept in the data directory)")
@@ -62,7 +68,7 @@ def _child_argv(ns: argparse.Namespace) -> list[str]:
     return [*worker_argv(WorkerConfig.from_args(ns)), "--log-level", ns.log_level]
 
 
-def _serve_forever(pool: WorkerPool) -> None:
+def _serve_forever(pools: Sequence[WorkerPool]) -> None:
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -72,7 +78,8 @@ def _serve_forever(pool: WorkerPool) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     while not stop:
-        pool.watch()
+        for pool in pools:
+            pool.watch()
         time.sleep(0.5)
 
 
@@ -86,7 +93,7 @@ def running(
     appendfsync: str = "everysec",
     metrics_base_port: int = 0,
     password: bool = True,
-) -> Iterator[tuple[str, WorkerPool]]:
+) -> Iterator[tuple[str, list[WorkerPool]]]:
     """Redis (private unless a URL is given) plus workers; everything stops on exit.
     The private Redis has a password unless ``password`` is False."""
     server = None
@@ -102,20 +109,65 @@ def running(
         ensure_library(conn)
         conn.close()
         pool.start()
-        yield redis_url, pool
+        yield redis_url, [pool]
     finally:
         pool.stop()
         if server is not None:
             server.stop()
 
 
+@contextlib.contextmanager
+def running_cluster(
+    primaries: int,
+    replicas: int,
+    workers: int,
+    worker_args: Sequence[str],
+    data_dir: Path,
+    appendfsync: str = "everysec",
+    metrics_base_port: int = 0,
+    password: bool = True,
+) -> Iterator[tuple[str, list[WorkerPool]]]:
+    """A local Redis Cluster with ``workers`` workers beside each primary (each
+    serves the partitions its primary holds); everything stops on exit."""
+    cluster = LocalCluster(
+        data_dir, primaries, replicas, appendfsync=appendfsync,
+        password=data_dir_password(data_dir) if password else None,
+    )
+    pools: list[WorkerPool] = []
+    try:
+        cluster.start()
+        for index, primary in enumerate(cluster.primary_ports()):
+            metrics = metrics_base_port + index * workers if metrics_base_port else 0
+            pool = WorkerPool(cluster.url_beside(primary), workers, worker_args, metrics)
+            pool.start()
+            pools.append(pool)
+        yield cluster.url, pools
+    finally:
+        for pool in pools:
+            pool.stop()
+        cluster.stop()
+
+
 def cmd_up(ns: argparse.Namespace) -> int:
-    with running(
-        ns.redis, ns.workers, _child_argv(ns), Path(ns.data_dir), ns.port, ns.appendfsync,
-        ns.metrics_port, password=not ns.no_password,
-    ) as (url, pool):
-        print(f"inferis is up: {url} ({ns.workers} workers). Ctrl-C stops it.", flush=True)
-        _serve_forever(pool)
+    if ns.cluster:
+        if ns.redis:
+            raise ConfigError("--cluster starts its own Redis Cluster: leave out --redis")
+        if ns.cluster < 1 or ns.replicas < 0:
+            raise ConfigError("--cluster takes at least 1 primary, --replicas at least 0")
+        started = running_cluster(
+            ns.cluster, ns.replicas, ns.workers, _child_argv(ns), Path(ns.data_dir),
+            ns.appendfsync, ns.metrics_port, password=not ns.no_password,
+        )
+        shape = f"{ns.cluster} primaries x {ns.replicas} replicas, {ns.workers} workers each"
+    else:
+        started = running(
+            ns.redis, ns.workers, _child_argv(ns), Path(ns.data_dir), ns.port, ns.appendfsync,
+            ns.metrics_port, password=not ns.no_password,
+        )
+        shape = f"{ns.workers} workers"
+    with started as (url, pools):
+        print(f"inferis is up: {url} ({shape}). Ctrl-C stops it.", flush=True)
+        _serve_forever(pools)
     print("inferis stopped.", flush=True)
     return 0
 

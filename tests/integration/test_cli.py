@@ -62,6 +62,47 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path, iris) -> None:
     assert list((data / "appendonlydir").glob("*.aof"))  # the data survives in the AOF
 
 
+def test_up_cluster_starts_a_cluster_with_workers_beside_each_primary(
+    tmp_path: Path, iris
+) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [*INFERIS, "up", "--cluster", "3", "--replicas", "0", "--workers", "1",
+         "--data-dir", str(data), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    ports: list[int] = []
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"inferis is up: (redis\+cluster://:[^@]+@(\S+)) "
+                          r"\(3 primaries x 0 replicas, 1 workers each\)", line)
+        assert match, line
+        url = match.group(1)
+        ports = [int(h.rsplit(":", 1)[1]) for h in match.group(2).split(",")]
+        assert len(ports) == 3
+        with Client(url, timeout_ms=20_000) as client:
+            client.modelstore("iris", "onnx", iris.blob)
+            for i in range(0, 40, 4):  # spread over the partitions, so over the shards
+                out = client.predict("iris", {"X": iris.features[i : i + 4]})
+                expected = iris.forest.predict(iris.features[i : i + 4])
+                assert np.array_equal(out["label"], expected)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    assert ports and not any(_port_open(p) for p in ports)
+
+
+def test_up_cluster_refuses_a_redis_url(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*INFERIS, "up", "--cluster", "3", "--redis", "redis://127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 1, done
+    assert done.stderr.startswith("error: EARGS ") and "--cluster" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_model_commands(redis_server, tmp_path: Path, iris) -> None:
     model = tmp_path / "iris.onnx"
     model.write_bytes(iris.blob)
