@@ -88,6 +88,15 @@ def parser() -> argparse.ArgumentParser:
                        help="worker faults; half as many Redis crashes per fsync mode")
     chaos.add_argument("--failover-requests", type=int, default=5000)
     chaos.add_argument("--tag", default="chaos")
+    chaos.add_argument("--only", choices=["single", "cluster"],
+                       help="only the single-Redis/Sentinel rows, or only the Redis Cluster rows")
+
+    scale = sub.add_parser("scale", help="throughput and CPU per request, single Redis "
+                           "and Redis Cluster of 1, 2, 3 primaries")
+    scale.add_argument("--concurrency", type=int, default=256)
+    scale.add_argument("--duration", type=float, default=8.0)
+    scale.add_argument("--warmup", type=float, default=2.0)
+    scale.add_argument("--tag", default="scale")
 
     brk = sub.add_parser("breakdown", help="where one request's time goes, at 1 in flight")
     brk.add_argument("--requests", type=int, default=3000)
@@ -160,10 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         breakdown.print_breakdown(doc)
         print(f"wrote {breakdown.write(doc, ns.tag)}")
         return 0
+    if ns.command == "scale":
+        from . import scale as scaling
+
+        return scaling.main(ns.concurrency, ns.duration, ns.warmup, ns.tag)
     if ns.command == "chaos":
         from . import chaos  # imports the test scenarios only when asked
 
-        return chaos.main(ns.faults, ns.failover_requests, ns.tag)
+        groups = (ns.only,) if ns.only else chaos.GROUPS
+        return chaos.main(ns.faults, ns.failover_requests, ns.tag, groups)
     return cmd_run(ns) if ns.command == "run" else cmd_memory(ns)
 
 

@@ -170,6 +170,9 @@ class AsyncClient(Operations):
 
     # ---------------------------------------------------------------- plans
 
+    def _node_of(self, key: str) -> str | None:
+        return self._routes.node_of(key) if self._routes_ready else None
+
     def _perform(self, plan: Plan[Any]) -> Any:
         return self._drive(plan)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -145,11 +146,18 @@ class Operations:
         self.partitions = _partition_list(partitions, partition, cluster)
         self.partition = self.partitions[0]
         self._next = 0
+        self._spread: list[int] = self.partitions
+        self._spread_due = 0.0
         self._ids = RequestIds()
         self._inflight = InFlight(self._ids.client_id)
 
     def _perform(self, plan: Plan[T]) -> Any:
         raise NotImplementedError
+
+    def _node_of(self, key: str) -> str | None:
+        """The node serving ``key`` as the transport's slot map says (None: not known
+        yet). A single Redis is one node."""
+        return ""
 
     @property
     def in_flight(self) -> int:
@@ -400,14 +408,28 @@ class Operations:
         _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
         return timeout_ms
 
+    def _spread_partitions(self) -> list[int]:
+        """Where runs without stored keys go: each primary in turn, to the first of
+        this client's partitions it holds. One partition per primary keeps batches
+        as large as on a single Redis (a worker reads each partition apart); the
+        other partitions carry runs routed by key. Looked at again each second, as
+        slots move."""
+        now = time.monotonic()
+        if now >= self._spread_due:
+            found = _first_per_node(self.partitions, self._node_of)
+            if found is not None:
+                self._spread, self._spread_due = found, now + 1.0
+        return self._spread
+
     def _partition_of_refs(self, ref_keys: Sequence[str]) -> int:
         """The partition of a run's stored keys (all under one partition's tag), or the
         next partition in turn when it has none."""
         if not ref_keys:
             if len(self.partitions) == 1:
                 return self.partition
-            self._next = (self._next + 1) % len(self.partitions)
-            return self.partitions[self._next]
+            spread = self._spread_partitions()
+            self._next = (self._next + 1) % len(spread)
+            return spread[self._next]
         found = {keys.partition_of(_key("stored input key", k)) for k in ref_keys}
         partition = found.pop() if len(found) == 1 else None
         if partition is None or partition not in self.partitions:
@@ -419,6 +441,17 @@ class Operations:
                 "is a CROSSSLOT"
             )
         return partition
+
+
+def _first_per_node(partitions: Sequence[int], node_of: Callable[[str], str | None]
+                    ) -> list[int] | None:
+    by_node: dict[str, int] = {}
+    for partition in partitions:
+        node = node_of(keys.request_stream(partition))
+        if node is None:
+            return None
+        by_node.setdefault(node, partition)
+    return list(by_node.values())
 
 
 def enqueue_commands(

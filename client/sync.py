@@ -112,6 +112,9 @@ class Client(Operations):
 
     # ---------------------------------------------------------------- plans
 
+    def _node_of(self, key: str) -> str | None:
+        return self._routes.node_of(key)
+
     def _perform(self, plan: Plan[Any]) -> Any:
         value: Any = None
         try:

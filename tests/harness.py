@@ -52,6 +52,12 @@ class Tally:
             (inside if hit else outside).append(latency)
         return _p99_ms(inside), _p99_ms(outside)
 
+    def max_during_ms(self, windows: list[tuple[float, float]], recovery_s: float = 2.0) -> float:
+        """The longest wait of a request in flight during a fault (or its recovery)."""
+        return max((latency * 1000 for started, latency in self.samples
+                    if any(started <= b + recovery_s and started + latency >= a
+                           for a, b in windows)), default=0.0)
+
     def summary(self) -> str:
         return (
             f"sent={self.sent} correct={self.correct} wrong={self.wrong} lost={self.lost} "

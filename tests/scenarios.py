@@ -40,6 +40,7 @@ class Result:
             "correct": t.correct, "errors": dict(t.errors), "lost": t.lost,
             "wrong": t.wrong, "duplicates": t.duplicates,
             "p99_during_faults_ms": round(during, 1), "p99_outside_faults_ms": round(outside, 1),
+            "max_during_faults_ms": round(t.max_during_ms(self.windows), 1),
         }
 
 

@@ -127,11 +127,34 @@ class LocalCluster:
         self.nodes = [self.make_node(i) for i in range(self.primaries * (1 + self.replicas))]
         for node in self.nodes:
             node.start()
-        self._cli("create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
-                  "--cluster-replicas", str(self.replicas), "--cluster-yes",
-                  timeout_s=timeout_s)
+        if self.primaries >= 3:
+            self._cli("create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                      "--cluster-replicas", str(self.replicas), "--cluster-yes",
+                      timeout_s=timeout_s)
+        else:
+            self._join_by_hand(timeout_s)
         self.wait_ok(timeout_s)
         return self.url
+
+    def _join_by_hand(self, timeout_s: float) -> None:
+        """What ``redis-cli --cluster create`` does, for the 1 or 2 primaries it
+        refuses: slots split evenly, every node met, replicas attached."""
+        primaries, replicas = self.nodes[: self.primaries], self.nodes[self.primaries :]
+        bounds = [round(i * 16384 / self.primaries) for i in range(self.primaries + 1)]
+        for index, node in enumerate(self.nodes):
+            conn = self.client(node.port)
+            conn.execute_command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+            if index < self.primaries:
+                conn.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[index],
+                                     bounds[index + 1] - 1)
+            if index:
+                conn.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+        for node in self.nodes:
+            self.wait_known(self.node_id(node.port), timeout_s)
+        for index, replica in enumerate(replicas):
+            primary = primaries[index % self.primaries]
+            self.client(replica.port).execute_command(
+                "CLUSTER", "REPLICATE", self.node_id(primary.port))
 
     def alive(self) -> list[EmbeddedRedis]:
         return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
