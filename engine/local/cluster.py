@@ -125,15 +125,19 @@ class LocalCluster:
 
     def start(self, timeout_s: float = 60.0) -> str:
         self.nodes = [self.make_node(i) for i in range(self.primaries * (1 + self.replicas))]
-        for node in self.nodes:
-            node.start()
-        if self.primaries >= 3:
-            self._cli("create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
-                      "--cluster-replicas", str(self.replicas), "--cluster-yes",
-                      timeout_s=timeout_s)
-        else:
-            self._join_by_hand(timeout_s)
-        self.wait_ok(timeout_s)
+        try:
+            for node in self.nodes:
+                node.start()
+            if self.primaries >= 3:
+                self._cli("create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                          "--cluster-replicas", str(self.replicas), "--cluster-yes",
+                          timeout_s=timeout_s)
+            else:
+                self._join_by_hand(timeout_s)
+            self.wait_ok(timeout_s)
+        except BaseException:
+            self.stop()  # no half-made cluster left running
+            raise
         return self.url
 
     def _join_by_hand(self, timeout_s: float) -> None:
