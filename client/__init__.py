@@ -12,7 +12,7 @@ two transports.
 """
 
 from .aio import AsyncClient
-from .operations import Ref
+from .operations import CanaryGuard, Ref
 from .protocol.errors import (
     ArgumentError,
     BackendError,
@@ -47,6 +47,7 @@ __all__ = [
     "BackendUnavailableError",
     "Batching",
     "BusyError",
+    "CanaryGuard",
     "Client",
     "ConnectionLostError",
     "DeadLetteredError",

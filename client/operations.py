@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .inflight import InFlight, RequestIds
-from .protocol import commands, keys
+from .protocol import aliases, commands, keys
 from .protocol.commands import Command
 from .protocol.defaults import (
     CLUSTER_PARTITIONS,
@@ -179,6 +179,7 @@ class Operations:
         version: int | str | None,
         timeout_ms: int | None,
         keep_keys: bool,
+        unit: str | None = None,
     ) -> Submit:
         """A run on inline inputs (or :class:`Ref` to stored tensors); the model decides
         the outputs. Unless ``keep_keys``, small tensors travel only in the stream
@@ -199,7 +200,8 @@ class Operations:
             key = keys.request_key(base, rid, f"in:{position}") if keep_keys else ""
             slots.append(InputSlot(name, key, data))
         request = RunRequest(
-            rid, model, _version(version), timeout, self.ttl_ms, not keep_keys, slots
+            rid, model, _version(version), timeout, self.ttl_ms, not keep_keys, slots,
+            unit=_unit(unit),
         )
         return Submit(request, partition)
 
@@ -245,13 +247,15 @@ class Operations:
         version: int | str | None = None,
         timeout_ms: int | None = None,
         keep_keys: bool = False,
+        unit: str | None = None,
     ) -> Plan[RunResult]:
         """Run ``model``; the result carries its outputs, or its error in ``result.error``.
 
         ``version``: a number, ``"latest"`` or an alias. ``keep_keys``: also keep the
-        inputs and outputs as keys (for the client's TTL).
+        inputs and outputs as keys (for the client's TTL). ``unit``: who the request is
+        for (a user id), so a split alias sends the same unit to the same version.
         """
-        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys)
+        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys, unit)
         return (yield from self._answer(submit))
 
     @operation
@@ -263,9 +267,11 @@ class Operations:
         version: int | str | None = None,
         timeout_ms: int | None = None,
         keep_keys: bool = False,
+        unit: str | None = None,
     ) -> Plan[dict[str, np.ndarray]]:
-        """One call: inputs in, output arrays by name out; errors raise."""
-        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys)
+        """One call: inputs in, output arrays by name out; errors raise (``unit``: as
+        for :meth:`run`)."""
+        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys, unit)
         result = yield from self._answer(submit)
         return result.raise_for_error().outputs
 
@@ -382,6 +388,93 @@ class Operations:
                 if int(cursor) == 0:
                     break
         return sorted(names)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @operation
+    def alias_set(
+        self, name: str, alias: str, versions: int | Mapping[int, float], *,
+        shadow: int | None = None, shadow_share: float = 0.0,
+        guard: CanaryGuard | None = None, log_ttl_ms: int | None = None,
+        by: str = "", warm: bool = True,
+    ) -> Plan[tuple[str, int]]:
+        """Point ``alias`` at a version, or split it: ``{3: 0.9, 4: 0.1}`` (the first
+        is the control, the last the canary). It moves only once every live worker of
+        the model has the versions loaded and warmed: returns ``("pending", epoch)``
+        until then (see :meth:`alias_wait`), ``("active", epoch)`` when done.
+        ``shadow``: a version mirrored ``shadow_share`` of the traffic (answers are the
+        primary's). ``guard``: roll the canary back when it errs too much."""
+        arms = {int(versions): 1.0} if isinstance(versions, int) else dict(versions)
+        try:
+            spec = aliases.format_arms(arms)
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            raise ArgumentError(
+                f"versions must be a version or {{version: share}}: {exc}") from None
+        if not 0.0 <= shadow_share <= 1.0:
+            raise ArgumentError(f"shadow_share must be within 0..1, got {shadow_share}")
+        command = commands.alias_set(
+            name, alias, spec, shadow=shadow or 0,
+            shadow_ppm=round(shadow_share * aliases.PPM),
+            guard=guard.args() if guard else None, log_ttl_ms=log_ttl_ms, by=by, warm=warm,
+        )
+        state, epoch = yield command
+        return _text(state), int(epoch)
+
+    @operation
+    def alias_commit(self, name: str, alias: str) -> Plan[tuple[str, int]]:
+        """Commit a pending alias change if it is warm everywhere now."""
+        state, epoch = yield commands.alias_commit(name, alias)
+        return _text(state), int(epoch)
+
+    @operation
+    def alias_get(self, name: str, alias: str) -> Plan[aliases.AliasRoute]:
+        return aliases.AliasRoute.parse(alias, _fields((yield commands.alias_get(name, alias))))
+
+    @operation
+    def aliases(self, name: str) -> Plan[dict[str, aliases.AliasRoute]]:
+        raw = list((yield commands.alias_get(name)) or ())
+        it = iter(raw)
+        return {_text(a): aliases.AliasRoute.parse(_text(a), _fields(f))
+                for a, f in zip(it, it, strict=True)}
+
+    @operation
+    def alias_del(self, name: str, alias: str, *, by: str = "") -> Plan[int]:
+        return int((yield commands.alias_del(name, alias, by)))
+
+    @operation
+    def alias_history(self, name: str, count: int = 100) -> Plan[list[dict[str, str]]]:
+        """Every alias change, newest first: when (``ms``), alias, event, from, to, by."""
+        _check_int("count", count, 1, 10_000)
+        out = []
+        for entry_id, fields in (yield commands.alias_history(name, count)) or ():
+            record = _fields(fields)
+            record["ms"] = _text(entry_id).split("-")[0]
+            out.append(record)
+        return out
+
+    @operation
+    def feedback(self, model: str, request_id: str, truth: float) -> Plan[tuple[str, int]]:
+        """Ground truth for an answered request (its ``RunResult.rid``): returns
+        ``("joined", version)``, ``("repeated", version)`` (nothing changes) or
+        ``("unknown", 0)`` (never logged, or expired)."""
+        status, version = yield commands.feedback(model, _key("request_id", request_id), truth)
+        return _text(status), int(version)
+
+    @operation
+    def quality(self, model: str) -> Plan[dict[int, dict[str, Any]]]:
+        """Per version: ``quality`` counters joined from feedback and ``stats``
+        (requests, errors, run_us, queue_us); ``quality.rank`` ranks them."""
+        versions, _ = yield commands.quality(model)
+        it = iter(versions or ())
+        out: dict[int, dict[str, Any]] = {}
+        for version, joined, stats in zip(it, it, it, strict=True):
+            q = _fields(joined)
+            out[int(version)] = {
+                "kind": q.pop("kind", ""),
+                "quality": {k: int(v) for k, v in q.items()},
+                "stats": {k: int(v) for k, v in _fields(stats).items()},
+            }
+        return out
 
     @operation
     def set_max_queue(self, depth: int) -> Plan[None]:
@@ -505,6 +598,35 @@ def pipeline_blob(
 
 
 # ---------------------------------------------------------------- argument checks
+
+
+def _fields(flat: Any) -> dict[str, str]:
+    it = iter(flat or ())
+    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
+
+
+def _unit(unit: str | None) -> str:
+    if unit is None:
+        return ""
+    if not isinstance(unit, str) or not 0 < len(unit.encode()) <= 256:
+        raise ArgumentError(f"unit must be a string of 1-256 bytes, got {unit!r}")
+    return unit
+
+
+@dataclass(frozen=True)
+class CanaryGuard:
+    """Roll a split alias back to its control when the canary's error rate over at
+    least ``min_requests`` exceeds ``max_error_rate`` within ``window_s``."""
+
+    max_error_rate: float
+    min_requests: int = 100
+    window_s: float = 300.0
+
+    def args(self) -> tuple[int, int, int]:
+        if not 0.0 <= self.max_error_rate <= 1.0 or self.min_requests < 1 or self.window_s <= 0:
+            raise ArgumentError(f"guard out of range: {self}")
+        return (round(self.max_error_rate * aliases.PPM), self.min_requests,
+                int(self.window_s * 1000))
 
 
 def _text(value: Any) -> str:

@@ -31,6 +31,7 @@ from .protocol.defaults import (
     REPLY_READ_BLOCK_MS,
 )
 from .protocol.errors import (
+    ArgumentError,
     ConnectionLostError,
     NoAnswerError,
     OutcomeUnknownError,
@@ -135,12 +136,14 @@ class Client(Operations):
         version: int | str | None = None,
         timeout_ms: int | None = None,
         keep_keys: bool = False,
+        unit: str | None = None,
     ) -> PendingRun:
         """Enqueue a run and return at once; pass the result to :meth:`wait`.
 
         A refusal at enqueue (EBUSY, a missing stored input, ...) raises here."""
         future = self.submit_many(
-            model, [inputs], version=version, timeout_ms=timeout_ms, keep_keys=keep_keys
+            model, [inputs], version=version, timeout_ms=timeout_ms, keep_keys=keep_keys,
+            units=None if unit is None else [unit],
         )[0]
         if future.done() and future.exception() is not None:
             raise future.exception()  # type: ignore[misc]
@@ -154,11 +157,17 @@ class Client(Operations):
         version: int | str | None = None,
         timeout_ms: int | None = None,
         keep_keys: bool = False,
+        units: Sequence[str] | None = None,
     ) -> list[PendingRun]:
-        """Enqueue many runs of ``model`` in one round trip per node; one future each."""
+        """Enqueue many runs of ``model`` in one round trip per node; one future each
+        (``units``: one per run, as ``unit`` of :meth:`run`)."""
+        if units is not None and len(units) != len(batch):
+            raise ArgumentError(f"units has {len(units)} items for {len(batch)} runs")
         plans, steps = [], []
-        for inputs in batch:
-            plan = self._answer(self._run_request(model, inputs, version, timeout_ms, keep_keys))
+        for index, inputs in enumerate(batch):
+            unit = units[index] if units is not None else None
+            plan = self._answer(
+                self._run_request(model, inputs, version, timeout_ms, keep_keys, unit))
             plans.append(plan)
             steps.append(next(plan))
         return self._send_runs(steps, plans)

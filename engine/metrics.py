@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from prometheus_client import Counter, Histogram, start_http_server
 
-from inferis.client.protocol import keys
+from inferis.client.protocol import commands, keys
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -62,6 +63,22 @@ RUN_TIMEOUTS = Counter(
 RECLAIMED = Counter("inferis_reclaimed_total", "Requests taken over from an idle consumer")
 DEAD_LETTERED = Counter("inferis_dead_lettered_total", "Requests dead-lettered", ["reason"])
 REDIS_DISCONNECTS = Counter("inferis_redis_disconnects_total", "Times Redis went away")
+ALIAS_REQUESTS = Counter(
+    "inferis_alias_requests_total", "Requests routed through an alias, by the version it chose",
+    ["model", "alias", "version"],
+)
+SHADOW_RUNS = Counter(
+    "inferis_shadow_runs_total",
+    "Shadow runs by outcome: agreed, disagreed, error, or dropped (back-pressure)",
+    ["model", "primary", "shadow", "outcome"],
+)
+PREDICTIONS_LOGGED = Counter(
+    "inferis_predictions_logged_total", "Answers logged for feedback to join", ["model"]
+)
+WARMUPS = Counter(
+    "inferis_warmups_total", "Versions loaded and warmed before an alias moved to them",
+    ["model", "version"],
+)
 
 
 class Series:
@@ -114,43 +131,47 @@ class _Counts:
 
 
 class ModelStats:
-    """Per-model request counters, flushed to Redis hashes periodically."""
+    """Per-model and per-version request counters, flushed every few seconds with
+    ``_INFERIS_STATS`` (which also keeps this worker's heartbeat for each model it
+    holds, and checks the model's canary guards)."""
 
-    def __init__(self, interval_s: float = 2.0) -> None:
+    def __init__(self, consumer: str = "", interval_s: float = 2.0) -> None:
+        self.consumer = consumer
         self.interval_s = interval_s
-        self._pending: dict[str, _Counts] = defaultdict(_Counts)
+        self._pending: dict[tuple[str, int], _Counts] = defaultdict(_Counts)
         self._next_flush = time.monotonic() + interval_s
 
-    def record(self, model: str, ok: bool, run_us: int, queue_us: int) -> None:
-        counts = self._pending[model]
+    def record(self, model: str, version: int, ok: bool, run_us: int, queue_us: int) -> None:
+        counts = self._pending[model, version]
         counts.requests += 1
         counts.errors += 0 if ok else 1
         counts.run_us += run_us
         counts.queue_us += queue_us
 
-    def flush_due(self, conn: redis.Redis, force: bool = False) -> None:
-        if not self._pending or (not force and time.monotonic() < self._next_flush):
+    def flush_due(self, conn: redis.Redis, force: bool = False,
+                  held: Iterable[str] = ()) -> None:
+        """Send the counters (and a heartbeat for every model in ``held``) when due."""
+        if not force and time.monotonic() < self._next_flush:
             return
+        self._next_flush = time.monotonic() + self.interval_s
         pending, self._pending = self._pending, defaultdict(_Counts)
-        now_ms = int(time.time() * 1000)
+        per_model: dict[str, list[Any]] = {m: [] for m in held if keys.is_model_name(m)}
+        for (model, version), c in pending.items():
+            if keys.is_model_name(model):  # requests for invalid names have no stats
+                per_model.setdefault(model, []).extend(
+                    [version, c.requests, c.errors, c.run_us, c.queue_us])
+        if not per_model:
+            return
         pipe = conn.pipeline(transaction=False)
-        for model, counts in pending.items():
-            if not keys.is_model_name(model):
-                continue  # requests for invalid names have no stats hash
-            key = keys.model_key(model, "stats")
-            pipe.hincrby(key, "requests", counts.requests)
-            pipe.hincrby(key, "errors", counts.errors)
-            pipe.hincrby(key, "run_us", counts.run_us)
-            pipe.hincrby(key, "queue_us", counts.queue_us)
-            pipe.hset(key, "last_ms", now_ms)
+        for model, counts in per_model.items():
+            pipe.execute_command(*commands.worker_stats(model, self.consumer, counts).as_args())
         try:
             pipe.execute()
         except Exception:
             self._keep(pending)  # counted again at the next flush
             raise
-        self._next_flush = time.monotonic() + self.interval_s
 
-    def _keep(self, pending: dict[str, _Counts]) -> None:
+    def _keep(self, pending: dict[tuple[str, int], _Counts]) -> None:
         for model, counts in pending.items():
             mine = self._pending[model]
             mine.requests += counts.requests

@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '8'
+local LIB_VERSION = '9'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -587,9 +587,22 @@ local function delete_version(base, version)
   redis.call('DEL', meta)
   redis.call('HDEL', base .. ':digests', digest)
   redis.call('ZREM', base .. ':versions', version)
-  local aliases = redis.call('HGETALL', base .. ':aliases')
-  for j = 1, #aliases, 2 do
-    if aliases[j + 1] == tostring(version) then redis.call('HDEL', base .. ':aliases', aliases[j]) end
+end
+
+-- An alias that routes to (or shadows) a version keeps it: re-point it first.
+local function check_unused(base, name, version)
+  for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+    local a = redis.call('HMGET', base .. ':alias:' .. alias, 'spec', 'pending', 'shadow')
+    for _, text in ipairs({a[1] or '', a[2] or ''}) do
+      for v in string.gmatch(text, '(%d+)=') do
+        if v == tostring(version) then
+          fail('EARGS', 'version ' .. version .. ' of ' .. name .. ' is in alias ' .. alias .. '; re-point it first')
+        end
+      end
+    end
+    if a[3] == tostring(version) then
+      fail('EARGS', 'version ' .. version .. ' of ' .. name .. ' is the shadow of alias ' .. alias)
+    end
   end
 end
 
@@ -608,6 +621,7 @@ local function modeldel(keys, args)
   local deleted = 0
   if upper(args[1]) == 'VERSION' then
     local version = resolve_version(base, name, args[2])
+    check_unused(base, name, version)
     delete_version(base, version)
     deleted = 1
   elseif args[1] ~= nil then
@@ -616,6 +630,11 @@ local function modeldel(keys, args)
     local versions = redis.call('ZRANGE', base .. ':versions', 0, -1)
     if #versions == 0 then fail('EMODEL', 'model ' .. name .. ' has no versions') end
     for _, version in ipairs(versions) do delete_version(base, version) end
+    -- the whole model goes: its aliases, audit, log pointers and counters too
+    for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+      redis.call('DEL', base .. ':alias:' .. alias)
+    end
+    redis.call('DEL', base .. ':aliases')
     deleted = #versions
   end
   local newest = redis.call('ZRANGE', base .. ':versions', -1, -1)
@@ -626,6 +645,422 @@ local function modeldel(keys, args)
   end
   redis.call('PUBLISH', MODELS_CHANNEL, name)
   return deleted
+end
+
+---------------------------------------------------------------------------
+-- lifecycle: aliases (one version, or a split over versions by weight, with an
+-- optional shadow), warm hot swaps, the audit stream, canary guards, the
+-- prediction log and feedback. Keys under inferis:{<name>} (docs/PROTOCOL.md §15).
+--   :alias:<alias>  hash: spec, pending, pending_ms, shadow, guard_*, state, epoch, by, ms
+--   :aliases        hash: alias -> its control version (MODELGET VERSION <alias>)
+--   :audit          stream of every alias change
+--   :workers        hash: consumer -> last ms it said it serves this model
+--   :warm:<v>       hash: consumer -> ms it had version v loaded and warmed
+--   :p:<rid>        hash: v, kind, pred[, proba][, fb] (the prediction log; expires)
+--   :quality:<v>    hash of counters joined from feedback
+--   :feedback       hash: joined, repeated, unknown
+--   :stats:<v>      hash: requests, errors, run_us, queue_us (per version)
+
+local WEIGHT_TOTAL = 10000      -- split weights are parts of 10000 (0.01%)
+local LIVE_WORKER_MS = 10000    -- a worker silent this long no longer holds up a swap
+local AUDIT_MAXLEN = 10000
+local DEFAULT_LOG_TTL_MS = 24 * 3600 * 1000
+
+local function alias_key(base, alias) return base .. ':alias:' .. alias end
+
+local function check_alias(alias)
+  if type(alias) ~= 'string' or #alias == 0 or #alias > 64 or not string.match(alias, '^[%a_][%w_.%-]*$')
+      or string.lower(alias) == 'latest' then
+    fail('EARGS', 'alias must be 1-64 characters of letters, digits, _ . - starting with a letter, not latest (got '
+      .. tostring(alias) .. ')')
+  end
+end
+
+-- "3" or "3=9000,4=1000": versions that exist, weights that add up to 10000.
+-- Returns the arms in order ({version, weight}...) and the canonical text.
+local function parse_arms(base, name, spec)
+  if type(spec) ~= 'string' or spec == '' then fail('EARGS', 'alias spec is empty') end
+  local arms, total, seen = {}, 0, {}
+  for part in string.gmatch(spec, '[^,]+') do
+    local v, w = string.match(part, '^(%d+)=(%d+)$')
+    if not v then v, w = string.match(part, '^(%d+)$'), tostring(WEIGHT_TOTAL) end
+    if not v then fail('EARGS', 'alias spec ' .. spec .. ' must be VERSION or VERSION=WEIGHT,... (weights of 10000)') end
+    v = tostring(to_int(v, 'version', 1))
+    w = to_int(w, 'weight', 0, WEIGHT_TOTAL)
+    if seen[v] then fail('EARGS', 'version ' .. v .. ' appears twice in ' .. spec) end
+    seen[v] = true
+    if redis.call('EXISTS', base .. ':v:' .. v) == 0 then
+      fail('EMODEL', 'model ' .. name .. ' has no version ' .. v)
+    end
+    arms[#arms + 1] = {v, w}
+    total = total + w
+  end
+  if total ~= WEIGHT_TOTAL then fail('EARGS', 'weights in ' .. spec .. ' add up to ' .. total .. ', not 10000') end
+  local text = {}
+  for _, arm in ipairs(arms) do text[#text + 1] = arm[1] .. '=' .. arm[2] end
+  return arms, table.concat(text, ',')
+end
+
+local function arms_of(text)
+  local arms = {}
+  for v, w in string.gmatch(text or '', '(%d+)=(%d+)') do arms[#arms + 1] = {v, tonumber(w)} end
+  return arms
+end
+
+local function hgetall_map(key)
+  local flat = redis.call('HGETALL', key)
+  local m = {}
+  for j = 1, #flat, 2 do m[flat[j]] = flat[j + 1] end
+  return m
+end
+
+local function audit(base, alias, event, from, to, by, epoch, why)
+  redis.call('XADD', base .. ':audit', 'MAXLEN', '~', AUDIT_MAXLEN, '*', 'alias', alias, 'event', event,
+    'from', from or '', 'to', to or '', 'by', by or '', 'epoch', epoch, 'why', why or '')
+end
+
+-- Versions every live worker of the model has warmed (and that they are
+-- warm since the change was asked for).
+local function all_warm(base, arms, since)
+  local now = now_ms()
+  local workers = hgetall_map(base .. ':workers')
+  for consumer, seen in pairs(workers) do
+    if now - tonumber(seen) <= LIVE_WORKER_MS then
+      for _, arm in ipairs(arms) do
+        if arm[2] > 0 then
+          local warmed = redis.call('HGET', base .. ':warm:' .. arm[1], consumer)
+          if not warmed or tonumber(warmed) < since then return false end
+        end
+      end
+    end
+  end
+  return true
+end
+
+local function stats_of(base, version)
+  local s = hgetall_map(base .. ':stats:' .. version)
+  return tonumber(s.requests or '0'), tonumber(s.errors or '0'), tonumber(s.run_us or '0')
+end
+
+-- Make the pending spec the alias's spec; the guard's baseline starts now.
+local function commit(base, name, alias, a, by)
+  local from = a.spec or ''
+  local to = a.pending
+  local epoch = redis.call('HINCRBY', alias_key(base, alias), 'epoch', 1)
+  local arms = arms_of(to)
+  local fields = {'spec', to, 'ms', now_ms(), 'by', by or a.pending_by or ''}
+  if a.guard_max_error_ppm and #arms > 1 then
+    local canary = arms[#arms][1]
+    local req, err, run = stats_of(base, canary)
+    local c_req, c_err = stats_of(base, arms[1][1])
+    for _, f in ipairs({'state', 'baking', 'guard_since_ms', now_ms(), 'guard_base', req .. ',' .. err .. ',' .. run,
+                        'guard_control_base', c_req .. ',' .. c_err}) do fields[#fields + 1] = f end
+  else
+    fields[#fields + 1] = 'state'; fields[#fields + 1] = 'active'
+  end
+  redis.call('HSET', alias_key(base, alias), unpack(fields))
+  redis.call('HDEL', alias_key(base, alias), 'pending', 'pending_ms', 'pending_by')
+  redis.call('HSET', base .. ':aliases', alias, arms[1][1])
+  audit(base, alias, 'commit', from, to, by or a.pending_by, epoch, '')
+  redis.call('PUBLISH', MODELS_CHANNEL, name)
+  return epoch
+end
+
+local function try_commit(base, name, alias)
+  local a = hgetall_map(alias_key(base, alias))
+  if not a.pending then return false end
+  if not all_warm(base, arms_of(a.pending), tonumber(a.pending_ms)) then return false end
+  commit(base, name, alias, a)
+  return true
+end
+
+local function alias_writes(base, name, alias)
+  may('write the alias', 'HSET', alias_key(base, alias), 'f', 'v')
+  may('index the alias', 'HSET', base .. ':aliases', 'f', 'v')
+  may('audit the change', 'XADD', base .. ':audit', '*', 'f', 'v')
+  may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
+end
+
+-- MODELALIAS name SET alias spec [SHADOW version share_ppm] [GUARD max_error_ppm
+--   min_requests window_ms] [LOGTTL ms] [BY who] [NOWARM]
+-- MODELALIAS name DEL alias [BY who]
+-- MODELALIAS name COMMIT alias          (commit a pending change if it is warm now)
+-- SET takes effect once every live worker of the model has the versions loaded
+-- and warmed (reply {'pending', epoch}), or at once when none is live, with
+-- NOWARM, or when only the shadow or guard changes ({'active', epoch}).
+local function modelalias(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local base = model_base(name)
+  local op, alias = upper(args[1]), args[2]
+  check_alias(alias)
+  alias_writes(base, name, alias)
+  local akey = alias_key(base, alias)
+  if op == 'SET' then
+    local arms, text = parse_arms(base, name, args[3])
+    local set = {'pending', text, 'pending_ms', now_ms()}
+    local by, nowarm = '', false
+    local i = 4
+    while i <= #args do
+      local u = upper(args[i])
+      if u == 'SHADOW' then
+        local v = tostring(to_int(args[i + 1], 'SHADOW version', 0))
+        local share = to_int(args[i + 2], 'SHADOW share (parts per million)', 0, 1000000)
+        if v ~= '0' and redis.call('EXISTS', base .. ':v:' .. v) == 0 then
+          fail('EMODEL', 'model ' .. name .. ' has no version ' .. v)
+        end
+        for _, f in ipairs({'shadow', v, 'shadow_ppm', share}) do set[#set + 1] = f end
+        i = i + 3
+      elseif u == 'GUARD' then
+        local ppm = to_int(args[i + 1], 'GUARD max error rate (ppm)', 0, 1000000)
+        local min_req = to_int(args[i + 2], 'GUARD min requests', 1)
+        local window = to_int(args[i + 3], 'GUARD window ms', 1)
+        for _, f in ipairs({'guard_max_error_ppm', ppm, 'guard_min_requests', min_req, 'guard_window_ms', window}) do
+          set[#set + 1] = f
+        end
+        i = i + 4
+      elseif u == 'LOGTTL' then
+        set[#set + 1] = 'log_ttl_ms'; set[#set + 1] = to_int(args[i + 1], 'LOGTTL', 0, MAX_TTL_MS); i = i + 2
+      elseif u == 'BY' then by = args[i + 1] or ''; i = i + 2
+      elseif u == 'NOWARM' then nowarm = true; i = i + 1
+      else fail('EARGS', 'MODELALIAS SET option ' .. tostring(args[i]) .. ' is unknown') end
+    end
+    set[#set + 1] = 'pending_by'; set[#set + 1] = by
+    local before = hgetall_map(akey)
+    redis.call('HSET', akey, unpack(set))
+    local epoch = tonumber(before.epoch or '0')
+    audit(base, alias, 'set', before.spec, text, by, epoch, nowarm and 'nowarm' or '')
+    if before.spec == text or nowarm or try_commit(base, name, alias) then
+      if redis.call('HEXISTS', akey, 'pending') == 1 then
+        epoch = commit(base, name, alias, hgetall_map(akey), by)
+      else
+        epoch = tonumber(redis.call('HGET', akey, 'epoch'))
+      end
+      redis.call('PUBLISH', MODELS_CHANNEL, name)
+      return {'active', epoch}
+    end
+    redis.call('PUBLISH', MODELS_CHANNEL, name)  -- workers warm what it names
+    return {'pending', epoch}
+  elseif op == 'COMMIT' then
+    if redis.call('EXISTS', akey) == 0 then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. alias) end
+    local done = try_commit(base, name, alias)
+    local a = hgetall_map(akey)
+    return {(done or not a.pending) and 'active' or 'pending', tonumber(a.epoch or '0')}
+  elseif op == 'DEL' then
+    local a = hgetall_map(akey)
+    if not a.spec and not a.pending then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. alias) end
+    local by = upper(args[3]) == 'BY' and (args[4] or '') or ''
+    redis.call('DEL', akey)
+    redis.call('HDEL', base .. ':aliases', alias)
+    audit(base, alias, 'delete', a.spec, '', by, tonumber(a.epoch or '0') + 1, '')
+    redis.call('PUBLISH', MODELS_CHANNEL, name)
+    return 1
+  end
+  fail('EARGS', 'MODELALIAS takes SET, COMMIT or DEL')
+end
+
+-- MODELALIASGET name [alias] | name HISTORY [count]: one alias's record (a flat
+-- field/value list), every alias (alias, record, ...), or the audit, newest first.
+local function modelaliasget(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local base = model_base(name)
+  if upper(args[1]) == 'HISTORY' then
+    local count = args[2] and to_int(args[2], 'count', 1, AUDIT_MAXLEN) or 100
+    return redis.call('XREVRANGE', base .. ':audit', '+', '-', 'COUNT', count)
+  end
+  if args[1] then
+    check_alias(args[1])
+    local flat = redis.call('HGETALL', alias_key(base, args[1]))
+    if #flat == 0 then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. args[1]) end
+    return flat
+  end
+  local out = {}
+  for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+    out[#out + 1] = alias
+    out[#out + 1] = redis.call('HGETALL', alias_key(base, alias))
+  end
+  return out
+end
+
+-- A guard whose canary (the last arm) breached its error bound is rolled back
+-- to the control (the first arm); past the window without a breach it is baked.
+local function check_guard(base, name, alias, a, now)
+  if a.state ~= 'baking' or not a.spec then return end
+  local arms = arms_of(a.spec)
+  if #arms < 2 then return end
+  local canary, control = arms[#arms][1], arms[1][1]
+  local req, err = stats_of(base, canary)
+  local b_req, b_err = string.match(a.guard_base or '0,0', '^(%d+),(%d+)')
+  req, err = req - tonumber(b_req), err - tonumber(b_err)
+  local bound = tonumber(a.guard_max_error_ppm)
+  if req >= tonumber(a.guard_min_requests) and err * 1000000 > bound * req then
+    local epoch = redis.call('HINCRBY', alias_key(base, alias), 'epoch', 1)
+    redis.call('HSET', alias_key(base, alias), 'spec', control .. '=' .. WEIGHT_TOTAL, 'state', 'rolled back',
+      'ms', now, 'by', 'canary guard')
+    redis.call('HSET', base .. ':aliases', alias, control)
+    audit(base, alias, 'rollback', a.spec, control .. '=' .. WEIGHT_TOTAL, 'canary guard', epoch,
+      string.format('version %s: %d errors in %d requests, above %d ppm', canary, err, req, bound))
+    redis.call('PUBLISH', MODELS_CHANNEL, name)
+  elseif now - tonumber(a.guard_since_ms) >= tonumber(a.guard_window_ms) then
+    redis.call('HSET', alias_key(base, alias), 'state', 'baked')
+    audit(base, alias, 'baked', a.spec, a.spec, 'canary guard', tonumber(a.epoch or '0'),
+      string.format('version %s: %d errors in %d requests', canary, err, req))
+  end
+end
+
+-- _INFERIS_STATS name consumer [version requests errors run_us queue_us]...:
+-- a worker's counters since its last flush (per version and per model), its
+-- heartbeat for the model, then the model's canary guards and pending swaps.
+local function workerstats(keys, args)
+  local name, consumer = keys[1], args[1]
+  check_name(name)
+  local base = model_base(name)
+  local now = now_ms()
+  redis.call('HSET', base .. ':workers', consumer, now)
+  local total = {0, 0, 0, 0}
+  local i = 2
+  while i + 4 <= #args do
+    local v = tostring(to_int(args[i], 'version', 1))
+    local counts = {}
+    for j = 1, 4 do counts[j] = to_int(args[i + j], 'count', 0) end
+    local key = base .. ':stats:' .. v
+    redis.call('HINCRBY', key, 'requests', counts[1])
+    redis.call('HINCRBY', key, 'errors', counts[2])
+    redis.call('HINCRBY', key, 'run_us', counts[3])
+    redis.call('HINCRBY', key, 'queue_us', counts[4])
+    redis.call('HSET', key, 'last_ms', now)
+    for j = 1, 4 do total[j] = total[j] + counts[j] end
+    i = i + 5
+  end
+  local key = base .. ':stats'
+  if total[1] > 0 then
+    redis.call('HINCRBY', key, 'requests', total[1])
+    redis.call('HINCRBY', key, 'errors', total[2])
+    redis.call('HINCRBY', key, 'run_us', total[3])
+    redis.call('HINCRBY', key, 'queue_us', total[4])
+    redis.call('HSET', key, 'last_ms', now)
+  end
+  for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+    check_guard(base, name, alias, hgetall_map(alias_key(base, alias)), now)
+  end
+  return 1
+end
+
+-- _INFERIS_WARMED name consumer version...: this worker has them loaded and
+-- warmed; commits every pending change of the model that is warm everywhere now.
+local function warmed(keys, args)
+  local name, consumer = keys[1], args[1]
+  check_name(name)
+  local base = model_base(name)
+  local now = now_ms()
+  redis.call('HSET', base .. ':workers', consumer, now)
+  for j = 2, #args do redis.call('HSET', base .. ':warm:' .. args[j], consumer, now) end
+  local committed = 0
+  for _, field in ipairs(redis.call('KEYS', base .. ':alias:*')) do
+    local alias = string.sub(field, #base + 8)
+    if try_commit(base, name, alias) then committed = committed + 1 end
+  end
+  return committed
+end
+
+-- _INFERIS_LOG name ttl_ms [rid version kind pred proba]...: the prediction log
+-- feedback joins to (proba: the probabilities as text, or '').
+local function predlog(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local base = model_base(name)
+  local ttl = to_int(args[1], 'ttl', 1, MAX_TTL_MS)
+  local i = 2
+  while i + 4 <= #args + 1 and args[i + 4] ~= nil do
+    local key = base .. ':p:' .. args[i]
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('HSET', key, 'v', args[i + 1], 'kind', args[i + 2], 'pred', args[i + 3], 'proba', args[i + 4])
+      redis.call('PEXPIRE', key, ttl)
+    end
+    i = i + 5
+  end
+  return 1
+end
+
+-- MODELFEEDBACK name rid truth: join the ground truth of one request to what
+-- answered it. Returns {status, version}: joined, repeated (nothing changes),
+-- or unknown (not in the log: never logged, or expired).
+local function modelfeedback(keys, args)
+  local name, rid, truth = keys[1], args[1], tonumber(args[2])
+  check_name(name)
+  if type(rid) ~= 'string' or #rid == 0 or #rid > 128 then fail('EARGS', 'MODELFEEDBACK needs a request id') end
+  if not truth or truth ~= truth or truth == math.huge or truth == -math.huge then
+    fail('EARGS', 'truth must be a finite number, got ' .. tostring(args[2]))
+  end
+  local base = model_base(name)
+  may('count the feedback', 'HINCRBY', base .. ':feedback', 'f', '1')
+  may('join it', 'HINCRBY', base .. ':quality:1', 'f', '1')
+  local key = base .. ':p:' .. rid
+  local p = hgetall_map(key)
+  if not p.v then
+    redis.call('HINCRBY', base .. ':feedback', 'unknown', 1)
+    return {'unknown', 0}
+  end
+  if p.fb then
+    redis.call('HINCRBY', base .. ':feedback', 'repeated', 1)
+    return {'repeated', tonumber(p.v)}
+  end
+  redis.call('HSET', key, 'fb', args[2])
+  local q = base .. ':quality:' .. p.v
+  local pred = tonumber(p.pred)
+  redis.call('HINCRBY', q, 'n', 1)
+  redis.call('HSET', q, 'kind', p.kind)
+  if p.kind == 'classification' then
+    if pred == truth then redis.call('HINCRBY', q, 'correct', 1) end
+    if p.proba ~= '' then
+      local probs = {}
+      for x in string.gmatch(p.proba, '[^,]+') do probs[#probs + 1] = tonumber(x) end
+      local pt = probs[math.floor(truth) + 1]
+      if pt then
+        redis.call('HINCRBY', q, 'logloss_e6', math.floor(-math.log(math.max(pt, 1e-15)) * 1000000 + 0.5))
+        redis.call('HINCRBY', q, 'logloss_n', 1)
+      end
+    end
+  else
+    local e = pred - truth
+    redis.call('HINCRBY', q, 'abs_err_e6', math.floor(math.abs(e) * 1000000 + 0.5))
+    redis.call('HINCRBY', q, 'sq_err_e6', math.floor(e * e * 1000000 + 0.5))
+  end
+  redis.call('HINCRBY', base .. ':feedback', 'joined', 1)
+  return {'joined', tonumber(p.v)}
+end
+
+-- MODELQUALITY name: per version (version, quality counters, stats counters,
+-- ...) and the feedback counts, for ranking (client/quality.py).
+local function modelquality(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local base = model_base(name)
+  local out = {}
+  for _, v in ipairs(redis.call('ZRANGE', base .. ':versions', 0, -1)) do
+    out[#out + 1] = v
+    out[#out + 1] = redis.call('HGETALL', base .. ':quality:' .. v)
+    out[#out + 1] = redis.call('HGETALL', base .. ':stats:' .. v)
+  end
+  return {out, redis.call('HGETALL', base .. ':feedback')}
+end
+
+-- _INFERIS_SHADOW name primary shadow compared agreed max_diff: agreement of a
+-- shadow version with the primary, per pair (max_diff: the largest absolute
+-- difference of their outputs).
+local function shadowed(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local key = model_base(name) .. ':shadow:' .. tostring(to_int(args[1], 'primary', 1)) .. ':'
+    .. tostring(to_int(args[2], 'shadow', 1))
+  redis.call('HINCRBY', key, 'compared', to_int(args[3], 'compared', 0))
+  redis.call('HINCRBY', key, 'agreed', to_int(args[4], 'agreed', 0))
+  local diff = tonumber(args[5]) or 0
+  if diff > tonumber(redis.call('HGET', key, 'max_diff') or '-1') then
+    redis.call('HSET', key, 'max_diff', string.format('%.9g', diff))
+  end
+  return 1
 end
 
 ---------------------------------------------------------------------------
@@ -689,7 +1124,7 @@ end
 
 -- MODELRUN stream inkey... outkey... MODEL name [VERSION v] INPUTS n [OUTPUTS m]
 --   [INNAMES name...] [OUTNAMES name...] [DATA i encoded]... [TIMEOUT ms] [TTL ms]
---   [REPLYTO stream] [ID rid] [EPHEMERAL]
+--   [REPLYTO stream] [ID rid] [EPHEMERAL] [UNIT key]
 -- One request, validated in full before anything is written; the form redis-cli
 -- users type. Returns {rid, entry id, reply key, output key or output key prefix...}.
 local function modelrun(keys, args)
@@ -722,6 +1157,7 @@ local function modelrun(keys, args)
     elseif u == 'REPLYTO' then r.reply = args[i + 1] or ''; i = i + 2
     elseif u == 'ID' then r.rid = args[i + 1]; i = i + 2
     elseif u == 'EPHEMERAL' then r.ephemeral = true; i = i + 1
+    elseif u == 'UNIT' then r.unit = args[i + 1]; i = i + 2
     else fail('EARGS', 'MODELRUN option ' .. tostring(args[i]) .. ' is unknown') end
   end
   check_name(r.model)
@@ -788,6 +1224,10 @@ local function modelrun(keys, args)
   -- the entry id, which the worker reads from the entry.
   local record = {id = r.rid or '', model = r.model, ver = r.version, timeout = r.timeout,
                   ttl = r.ttl, eph = r.ephemeral == true, ['in'] = ins, out = outs}
+  if r.unit ~= nil then
+    if #r.unit == 0 or #r.unit > 256 then fail('EARGS', 'UNIT must be 1-256 bytes') end
+    record.unit = r.unit
+  end
   local id = append_entry(stream, r.reply, 1, cmsgpack.pack({record}), refs)
   local rid = r.rid or id
   local reply_key = r.reply
@@ -934,3 +1374,11 @@ redis.register_function{function_name = 'MODELRUNMANY', callback = guarded(model
 redis.register_function{function_name = '_INFERIS_COMPLETE', callback = guarded(complete)}
 redis.register_function{function_name = '_INFERIS_PRUNE', callback = guarded(prune)}
 redis.register_function{function_name = 'INFERIS_VERSION', callback = version, flags = {'no-writes'}}
+redis.register_function{function_name = 'MODELALIAS', callback = guarded(modelalias)}
+redis.register_function{function_name = 'MODELALIASGET', callback = guarded(modelaliasget), flags = {'no-writes'}}
+redis.register_function{function_name = 'MODELFEEDBACK', callback = guarded(modelfeedback)}
+redis.register_function{function_name = 'MODELQUALITY', callback = guarded(modelquality), flags = {'no-writes'}}
+redis.register_function{function_name = '_INFERIS_STATS', callback = guarded(workerstats)}
+redis.register_function{function_name = '_INFERIS_WARMED', callback = guarded(warmed)}
+redis.register_function{function_name = '_INFERIS_LOG', callback = guarded(predlog)}
+redis.register_function{function_name = '_INFERIS_SHADOW', callback = guarded(shadowed)}

@@ -20,7 +20,8 @@ from .errors import ArgumentError
 from .models import Batching, TensorSpec
 
 # Functions that write nothing: FCALL_RO-able, and never followed by WAIT.
-READ_ONLY = frozenset({"TENSORGET", "MODELGET", "INFERIS_VERSION"})
+READ_ONLY = frozenset({"TENSORGET", "MODELGET", "INFERIS_VERSION", "MODELALIASGET",
+                       "MODELQUALITY"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,70 @@ def modeldel(name: str, version: int | str | None = None) -> Command:
     return Command("MODELDEL", [name], [] if version is None else ["VERSION", str(version)])
 
 
+def alias_set(name: str, alias: str, spec: str, *, shadow: int = 0, shadow_ppm: int = 0,
+              guard: tuple[int, int, int] | None = None, log_ttl_ms: int | None = None,
+              by: str = "", warm: bool = True) -> Command:
+    args: list[Any] = ["SET", alias, spec]
+    if shadow:
+        args += ["SHADOW", shadow, shadow_ppm]
+    if guard is not None:
+        args += ["GUARD", *guard]
+    if log_ttl_ms is not None:
+        args += ["LOGTTL", log_ttl_ms]
+    if by:
+        args += ["BY", by]
+    if not warm:
+        args.append("NOWARM")
+    return Command("MODELALIAS", [name], args)
+
+
+def alias_commit(name: str, alias: str) -> Command:
+    return Command("MODELALIAS", [name], ["COMMIT", alias])
+
+
+def alias_del(name: str, alias: str, by: str = "") -> Command:
+    return Command("MODELALIAS", [name], ["DEL", alias, *(["BY", by] if by else [])])
+
+
+def alias_get(name: str, alias: str | None = None) -> Command:
+    return Command("MODELALIASGET", [name], [alias] if alias else [])
+
+
+def alias_history(name: str, count: int = 100) -> Command:
+    return Command("MODELALIASGET", [name], ["HISTORY", count])
+
+
+def feedback(name: str, rid: str, truth: float) -> Command:
+    return Command("MODELFEEDBACK", [name], [rid, repr(float(truth))])
+
+
+def quality(name: str) -> Command:
+    return Command("MODELQUALITY", [name], [])
+
+
+# ---------------------------------------------------------------- worker-internal
+
+
+def worker_stats(model: str, consumer: str, counts: Sequence[Any]) -> Command:
+    """counts: (version, requests, errors, run_us, queue_us) flattened."""
+    return Command("_INFERIS_STATS", [model], [consumer, *counts])
+
+
+def warmed(model: str, consumer: str, versions: Sequence[int]) -> Command:
+    return Command("_INFERIS_WARMED", [model], [consumer, *versions])
+
+
+def log_predictions(model: str, ttl_ms: int, records: Sequence[Any]) -> Command:
+    """records: (rid, version, kind, pred, proba) flattened."""
+    return Command("_INFERIS_LOG", [model], [ttl_ms, *records])
+
+
+def shadow_agreement(model: str, primary: int, shadow: int, compared: int, agreed: int,
+                     max_diff: float) -> Command:
+    return Command("_INFERIS_SHADOW", [model],
+                   [primary, shadow, compared, agreed, f"{max_diff:.9g}"])
+
+
 def library_version() -> Command:
     return Command("INFERIS_VERSION", [], [])
 
@@ -176,6 +241,8 @@ def modelrun(stream: str, reply: str, request: RunRequest) -> Command:
         args += ["VERSION", request.version]
     if request.ephemeral:
         args.append("EPHEMERAL")
+    if request.unit:
+        args += ["UNIT", request.unit]
     return Command("MODELRUN", [stream, *[s.key for s in ins], *[s.key for s in outs]], args)
 
 

@@ -71,6 +71,8 @@ class RunRequest:
     ephemeral: bool = True
     inputs: list[InputSlot] = field(default_factory=list)
     outputs: list[OutputSlot] = field(default_factory=list)
+    # The unit (a user id, say) a split alias is sticky by; "" picks an arm at random.
+    unit: str = ""
     # Set by the worker when it decodes the entry:
     deadline_ms: int = 0
     problem: InferisError | None = None  # a malformed record: answered with this error
@@ -89,6 +91,7 @@ class RunRequest:
                 for s in self.inputs
             ],
             "out": [[s.name, s.key] for s in self.outputs],
+            **({"unit": self.unit} if self.unit else {}),
         }
 
     def payload_bytes(self) -> int:
@@ -198,9 +201,12 @@ def _well_formed(record: dict[bytes, Any]) -> RunRequest | None:
             if type(name) is not bytes or type(key) is not bytes:
                 return None
             outputs.append(OutputSlot(name.decode(), key.decode()))
+        unit = get(b"unit", b"")
+        if type(unit) is not bytes:
+            return None
         return RunRequest(
             rid.decode(), model.decode(), ver.decode(), timeout, ttl, bool(get(b"eph")),
-            inputs, outputs,
+            inputs, outputs, unit.decode(),
         )
     except UnicodeDecodeError:
         return None
@@ -221,6 +227,7 @@ def _checked(entry_id: str, index: int, record: Any) -> RunRequest:
             ephemeral=bool(record.get(b"eph", False)),
             inputs=[_input(slot) for slot in _list(record.get(b"in", []), "in")],
             outputs=[_output(slot) for slot in _list(record.get(b"out", []), "out")],
+            unit=_text(record.get(b"unit", b""), "unit"),
         )
     except ArgumentError as exc:
         rid = record.get(b"id")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import redis
 
 from inferis.client.protocol import commands, keys
+from inferis.client.protocol.aliases import AliasRoute
 from inferis.client.protocol.errors import InferisError, ModelNotFoundError, translate_error
 from inferis.client.protocol.models import ModelInfo
 
@@ -34,6 +35,10 @@ FAILED_LOAD_TTL_S = 30.0
 # digest, backend, format, device, and the load options a backend reads from the
 # metadata (declared specs, extra): the same bytes can load as different models.
 LoadKey = tuple[str, str, str, str, str]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def load_key(info: ModelInfo) -> LoadKey:
@@ -64,6 +69,7 @@ class ModelCache:
         # With a runner, models load and run in its child process (cut off when hung).
         self._runner = runner
         self._resolved: dict[tuple[str, str], _Resolved] = {}
+        self._routes: dict[tuple[str, str], tuple[AliasRoute | None, float]] = {}
         self._loaded: OrderedDict[LoadKey, Loaded] = OrderedDict()
         self._failed: dict[LoadKey, tuple[InferisError, float]] = {}
         self._load_keys: dict[tuple[str, int, str], LoadKey] = {}
@@ -80,9 +86,36 @@ class ModelCache:
         """Forget resolutions of ``name`` (or all): a version was stored or deleted."""
         if name is None:
             self._resolved.clear()
+            self._routes.clear()
             return
         for key in [k for k in self._resolved if k[0] == name]:
             del self._resolved[key]
+        for key in [k for k in self._routes if k[0] == name]:
+            del self._routes[key]
+
+    def route(self, name: str, alias: str) -> AliasRoute | None:
+        """The alias record (None: no such alias), cached like moving references."""
+        now = time.monotonic()
+        cached = self._routes.get((name, alias))
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            flat = self._redis.execute_command(
+                "FCALL_RO", *commands.alias_get(name, alias).as_args()[1:])
+            it = iter(flat)
+            route: AliasRoute | None = AliasRoute.parse(
+                alias, {_text(k): _text(v) for k, v in zip(it, it, strict=True)})
+        except redis.ResponseError as exc:
+            if "EMODEL" not in str(exc):
+                raise translate_error(exc) from None
+            route = None
+        self._routes[(name, alias)] = (route, now + MOVING_REF_TTL_S)
+        return route
+
+    def held_names(self) -> set[str]:
+        """Models this worker has loaded (it heartbeats for them, and warms their
+        aliases' versions)."""
+        return {loaded.info.name for loaded in self._loaded.values()}
 
     def resolve(self, name: str, version: str) -> ModelInfo:
         if not keys.is_model_name(name):

@@ -126,6 +126,7 @@ def record(
         series.queue_wait.observe(queue_s)
         series.end_to_end.observe(max(0, answered_ms - t0) / 1000)
         if info is not None:
-            stats.record(spec.model, request.error is None, request.run_us, int(queue_s * 1e6))
+            stats.record(spec.model, info.version, request.error is None, request.run_us,
+                         int(queue_s * 1e6))
     for (series, status), n in counts.items():
         series.requests(status).inc(n)

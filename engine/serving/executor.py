@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
+from inferis.client.protocol.aliases import is_alias_ref
 from inferis.client.protocol.entries import REF_LARGE, REF_MISSING, REF_NOT_STRING
 from inferis.client.protocol.errors import (
     BackendError,
@@ -80,7 +81,13 @@ class Executor:
                 f"request {spec.rid} reached the worker {now_ms - spec.deadline_ms} ms "
                 "after its deadline"
             )
-        loaded = self.cache.load(self.cache.resolve(spec.model, spec.version))
+        version = spec.version
+        if is_alias_ref(version):
+            route = self.cache.route(spec.model, version)
+            if route is not None and route.arms:  # else MODELGET says what is wrong
+                request.route = route
+                version = str(route.pick(spec.unit))
+        loaded = self.cache.load(self.cache.resolve(spec.model, version))
         request.info = loaded.info
         arrays: list[tuple[str, np.ndarray]] = []
         for position, slot in enumerate(spec.inputs, start=1):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from inferis.client.protocol.aliases import AliasRoute
 from inferis.client.protocol.entries import Entry, RunRequest
 from inferis.client.protocol.errors import InferisError
 from inferis.client.protocol.models import ModelInfo
@@ -28,6 +29,7 @@ class Request:
     feed: dict[str, np.ndarray] = field(default_factory=dict)
     rows: int | None = None  # first dimension shared by every input (None: not batchable)
     output_names: list[str] = field(default_factory=list)
+    route: AliasRoute | None = None  # the alias that chose the version, if any
     # The outcome:
     results: dict[str, np.ndarray] = field(default_factory=dict)
     error: InferisError | None = None

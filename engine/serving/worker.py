@@ -46,12 +46,15 @@ from .collector import batch_delay_us
 from .completion import record, settle
 from .executor import Executor
 from .lanes import PENDING, Lane, wait_readable
+from .lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 # How often a cluster worker looks at the slot map and the library on every primary.
 CLUSTER_REFRESH_S = 2.0
+# How often the aliases of held models are looked at without a notice.
+ALIAS_LOOK_S = 2.0
 
 
 def settle_heap() -> None:
@@ -79,7 +82,10 @@ class Worker:
         self._clock_offset_ms = 0.0
         self._next_reclaim = 0.0
         self._next_refresh = 0.0
-        self._stats = metrics.ModelStats()
+        self._stats = metrics.ModelStats(self.consumer)
+        self._lifecycle: Lifecycle | None = None
+        self._next_alias_look = 0.0
+        self._behind = False  # the last batch was full: requests are waiting
         self._runner = (
             IsolatedRunner(config.backend_options(), config.run_timeout_ms)
             if config.isolate_backends else None
@@ -175,6 +181,10 @@ class Worker:
         else:
             self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
         self._executor = Executor(conn, self._cache)
+        if self._lifecycle is None:
+            self._lifecycle = Lifecycle(conn, self._cache, self.consumer)
+        else:
+            self._lifecycle.rebind(conn)
         settle_heap()
         log.info("worker %s connected to %s, serving %s", self.consumer,
                  self.config.redis_url, ", ".join(self.streams) or "nothing yet")
@@ -281,7 +291,7 @@ class Worker:
     def flush_stats_before_exit(self) -> None:
         if self._redis is not None:
             with contextlib.suppress(*_REDIS_DOWN, redis.RedisError):
-                self._stats.flush_due(self._redis, force=True)
+                self._stats.flush_due(self._redis, force=True, held=self._held())
 
     def now_ms(self) -> int:
         """Redis server time, so deadlines set at enqueue mean the same here."""
@@ -297,19 +307,29 @@ class Worker:
         now = time.monotonic()
         clustered = self._routes is not None and self._routes.cluster is not None
         try:
-            self._stats.flush_due(self._redis)
+            self._stats.flush_due(self._redis, held=self._held())
         except _REDIS_DOWN:
             if not clustered:
                 raise  # kept, flushed once the stats' shard is back
+        assert self._lifecycle is not None
+        if now >= self._next_alias_look:  # in case a notice was missed
+            self._lifecycle.look_again()
+            self._next_alias_look = now + ALIAS_LOOK_S
         if clustered and now >= self._next_refresh:
             self.follow_the_cluster()
             self._next_refresh = now + CLUSTER_REFRESH_S
         if now >= self._next_reclaim:
             handled += self.reclaim_idle()
             self._next_reclaim = now + self.config.claim_idle_ms / 2000
+        self._behind = False
         for stream, raw in self.read_batch():
             handled += self.serve(stream, raw)
+            self._behind |= len(raw) >= self.config.read_count
+        self._lifecycle.warm_what_aliases_need()
         return handled
+
+    def _held(self) -> set[str]:
+        return self._cache.held_names() if self._cache is not None else set()
 
     def follow_the_cluster(self) -> None:
         """Slots move (resharding, failover) and nodes come and go: look again at the
@@ -331,6 +351,9 @@ class Worker:
                     self.send_owed(lane)
                 else:
                     lane.write_read(self.consumer, self.config.read_count, self.config.block_ms)
+        # Completions are out: the shadow runs and logs of the last batches now.
+        assert self._lifecycle is not None
+        self._lifecycle.flush(backlogged=self._behind)
         if not any(lane.reading for lane in self._lanes.values()):
             # nothing to read from (yet, or its lanes wait to retry): look again later
             retries = [lane.retry_at for lane in self._lanes.values() if not lane.ready]
@@ -433,7 +456,10 @@ class Worker:
             if message is None:
                 return
             if message.get("type") == "message":
-                self._cache.invalidate(message["data"].decode())
+                name = message["data"].decode()
+                self._cache.invalidate(name)
+                if self._lifecycle is not None:
+                    self._lifecycle.changed(name)
 
     def serve(
         self, stream: str, raw: list[RawEntry], deliveries: dict[str, int] | None = None
@@ -451,6 +477,8 @@ class Worker:
         if command is not None:
             self._lane_of(stream).unsent.append(command)
         record(batch.requests, started_ms, self.now_ms(), self._stats)
+        assert self._lifecycle is not None
+        self._lifecycle.after_batch(batch.requests)
         metrics.BATCH_SIZE.observe(len(batch.requests))
         self.served += len(batch.requests)
         return len(raw)
