@@ -464,7 +464,7 @@ class Operations:
     def quality(self, model: str) -> Plan[dict[int, dict[str, Any]]]:
         """Per version: ``quality`` counters joined from feedback and ``stats``
         (requests, errors, run_us, queue_us); ``quality.rank`` ranks them."""
-        versions, _ = yield commands.quality(model)
+        versions, _, _ = yield commands.quality(model)
         it = iter(versions or ())
         out: dict[int, dict[str, Any]] = {}
         for version, joined, stats in zip(it, it, it, strict=True):
@@ -474,6 +474,20 @@ class Operations:
                 "quality": {k: int(v) for k, v in q.items()},
                 "stats": {k: int(v) for k, v in _fields(stats).items()},
             }
+        return out
+
+    @operation
+    def shadow_agreement(self, model: str) -> Plan[dict[tuple[int, int], dict[str, float]]]:
+        """Per (primary, shadow) version pair: runs compared, agreed, largest difference."""
+        _, _, pairs = yield commands.quality(model)
+        it = iter(pairs or ())
+        out = {}
+        for pair, fields in zip(it, it, strict=True):
+            primary, shadow = (int(v) for v in _text(pair).split(":"))
+            f = _fields(fields)
+            out[primary, shadow] = {"compared": int(f.get("compared", 0)),
+                                    "agreed": int(f.get("agreed", 0)),
+                                    "max_diff": float(f.get("max_diff", 0))}
         return out
 
     @operation

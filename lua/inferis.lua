@@ -591,7 +591,7 @@ end
 
 -- An alias that routes to (or shadows) a version keeps it: re-point it first.
 local function check_unused(base, name, version)
-  for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+  for _, alias in ipairs(redis.call('SMEMBERS', base .. ':alias_names')) do
     local a = redis.call('HMGET', base .. ':alias:' .. alias, 'spec', 'pending', 'shadow')
     for _, text in ipairs({a[1] or '', a[2] or ''}) do
       for v in string.gmatch(text, '(%d+)=') do
@@ -631,10 +631,10 @@ local function modeldel(keys, args)
     if #versions == 0 then fail('EMODEL', 'model ' .. name .. ' has no versions') end
     for _, version in ipairs(versions) do delete_version(base, version) end
     -- the whole model goes: its aliases, audit, log pointers and counters too
-    for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+    for _, alias in ipairs(redis.call('SMEMBERS', base .. ':alias_names')) do
       redis.call('DEL', base .. ':alias:' .. alias)
     end
-    redis.call('DEL', base .. ':aliases')
+    redis.call('DEL', base .. ':aliases', base .. ':alias_names')
     deleted = #versions
   end
   local newest = redis.call('ZRANGE', base .. ':versions', -1, -1)
@@ -652,7 +652,9 @@ end
 -- optional shadow), warm hot swaps, the audit stream, canary guards, the
 -- prediction log and feedback. Keys under inferis:{<name>} (docs/PROTOCOL.md §15).
 --   :alias:<alias>  hash: spec, pending, pending_ms, shadow, guard_*, state, epoch, by, ms
+--   :alias_names    set of the model's aliases (committed or pending)
 --   :aliases        hash: alias -> its control version (MODELGET VERSION <alias>)
+--   :shadow:<p>:<s> hash: compared, agreed, max_diff; :shadow_pairs set of 'p:s' 
 --   :audit          stream of every alias change
 --   :workers        hash: consumer -> last ms it said it serves this model
 --   :warm:<v>       hash: consumer -> ms it had version v loaded and warmed
@@ -667,6 +669,8 @@ local AUDIT_MAXLEN = 10000
 local DEFAULT_LOG_TTL_MS = 24 * 3600 * 1000
 
 local function alias_key(base, alias) return base .. ':alias:' .. alias end
+-- Every alias of the model, committed or pending (a set, so no Function scans keys).
+local function alias_names(base) return redis.call('SMEMBERS', base .. ':alias_names') end
 
 local function check_alias(alias)
   if type(alias) ~= 'string' or #alias == 0 or #alias > 64 or not string.match(alias, '^[%a_][%w_.%-]*$')
@@ -777,6 +781,7 @@ end
 local function alias_writes(base, name, alias)
   may('write the alias', 'HSET', alias_key(base, alias), 'f', 'v')
   may('index the alias', 'HSET', base .. ':aliases', 'f', 'v')
+  may('list the alias', 'SADD', base .. ':alias_names', 'f')
   may('audit the change', 'XADD', base .. ':audit', '*', 'f', 'v')
   may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
 end
@@ -828,6 +833,7 @@ local function modelalias(keys, args)
     set[#set + 1] = 'pending_by'; set[#set + 1] = by
     local before = hgetall_map(akey)
     redis.call('HSET', akey, unpack(set))
+    redis.call('SADD', base .. ':alias_names', alias)
     local epoch = tonumber(before.epoch or '0')
     audit(base, alias, 'set', before.spec, text, by, epoch, nowarm and 'nowarm' or '')
     if before.spec == text or nowarm or try_commit(base, name, alias) then
@@ -852,6 +858,7 @@ local function modelalias(keys, args)
     local by = upper(args[3]) == 'BY' and (args[4] or '') or ''
     redis.call('DEL', akey)
     redis.call('HDEL', base .. ':aliases', alias)
+    redis.call('SREM', base .. ':alias_names', alias)
     audit(base, alias, 'delete', a.spec, '', by, tonumber(a.epoch or '0') + 1, '')
     redis.call('PUBLISH', MODELS_CHANNEL, name)
     return 1
@@ -876,7 +883,7 @@ local function modelaliasget(keys, args)
     return flat
   end
   local out = {}
-  for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+  for _, alias in ipairs(alias_names(base)) do
     out[#out + 1] = alias
     out[#out + 1] = redis.call('HGETALL', alias_key(base, alias))
   end
@@ -941,7 +948,7 @@ local function workerstats(keys, args)
     redis.call('HINCRBY', key, 'queue_us', total[4])
     redis.call('HSET', key, 'last_ms', now)
   end
-  for _, alias in ipairs(redis.call('HKEYS', base .. ':aliases')) do
+  for _, alias in ipairs(alias_names(base)) do
     check_guard(base, name, alias, hgetall_map(alias_key(base, alias)), now)
   end
   return 1
@@ -957,8 +964,7 @@ local function warmed(keys, args)
   redis.call('HSET', base .. ':workers', consumer, now)
   for j = 2, #args do redis.call('HSET', base .. ':warm:' .. args[j], consumer, now) end
   local committed = 0
-  for _, field in ipairs(redis.call('KEYS', base .. ':alias:*')) do
-    local alias = string.sub(field, #base + 8)
+  for _, alias in ipairs(alias_names(base)) do
     if try_commit(base, name, alias) then committed = committed + 1 end
   end
   return committed
@@ -1032,7 +1038,8 @@ local function modelfeedback(keys, args)
 end
 
 -- MODELQUALITY name: per version (version, quality counters, stats counters,
--- ...) and the feedback counts, for ranking (client/quality.py).
+-- ...), the feedback counts, and shadow agreement per pair ('primary:shadow',
+-- counters, ...), for ranking (client/quality.py).
 local function modelquality(keys, args)
   local name = keys[1]
   check_name(name)
@@ -1043,7 +1050,12 @@ local function modelquality(keys, args)
     out[#out + 1] = redis.call('HGETALL', base .. ':quality:' .. v)
     out[#out + 1] = redis.call('HGETALL', base .. ':stats:' .. v)
   end
-  return {out, redis.call('HGETALL', base .. ':feedback')}
+  local pairs_out = {}
+  for _, pair in ipairs(redis.call('SMEMBERS', base .. ':shadow_pairs')) do
+    pairs_out[#pairs_out + 1] = pair
+    pairs_out[#pairs_out + 1] = redis.call('HGETALL', base .. ':shadow:' .. pair)
+  end
+  return {out, redis.call('HGETALL', base .. ':feedback'), pairs_out}
 end
 
 -- _INFERIS_SHADOW name primary shadow compared agreed max_diff: agreement of a
@@ -1052,8 +1064,9 @@ end
 local function shadowed(keys, args)
   local name = keys[1]
   check_name(name)
-  local key = model_base(name) .. ':shadow:' .. tostring(to_int(args[1], 'primary', 1)) .. ':'
-    .. tostring(to_int(args[2], 'shadow', 1))
+  local pair = tostring(to_int(args[1], 'primary', 1)) .. ':' .. tostring(to_int(args[2], 'shadow', 1))
+  local key = model_base(name) .. ':shadow:' .. pair
+  redis.call('SADD', model_base(name) .. ':shadow_pairs', pair)
   redis.call('HINCRBY', key, 'compared', to_int(args[3], 'compared', 0))
   redis.call('HINCRBY', key, 'agreed', to_int(args[4], 'agreed', 0))
   local diff = tonumber(args[5]) or 0

@@ -12,6 +12,7 @@ from inferis.client.protocol.errors import ArgumentError
 
 from ..backends.savedmodel import pack_saved_model
 from ..models.introspect import store_model
+from . import lifecycle
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -47,6 +48,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "stats", parents=[common], help="requests, errors and mean times per model"
     )
     stats.add_argument("names", nargs="*", help="models (default: all)")
+    lifecycle.add_commands(msub, common)
 
 
 def _batch(text: str) -> tuple[int, int] | tuple[int, int, list[int]] | None:
@@ -130,4 +132,6 @@ def cmd_model(ns: argparse.Namespace) -> int:
             print(f"deleted {client.modeldel(ns.name, ns.version)} version(s)")
         elif ns.model_command == "stats":
             _stats(client, ns.names)
+        elif ns.model_command in lifecycle.COMMANDS:
+            lifecycle.run(client, ns)
     return 0

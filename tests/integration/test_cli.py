@@ -128,3 +128,38 @@ def test_model_commands(redis_server, tmp_path: Path, iris) -> None:
         [*INFERIS, "model", *url, "get", "iris"], capture_output=True, text=True, timeout=60
     )
     assert failed.returncode == 1 and "EMODEL model iris has no versions" in failed.stderr
+
+
+def test_lifecycle_commands(redis_server, start_workers, tmp_path: Path, iris) -> None:
+    start_workers(1)
+    model = tmp_path / "iris.onnx"
+    model.write_bytes(iris.blob)
+    url = ["--redis", redis_server.url]
+
+    def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*INFERIS, "model", *url, *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == code, done
+        assert "Traceback" not in done.stderr
+        return done
+
+    run("store", "iris", str(model))
+    assert "production -> 1=10000" in run("alias", "iris", "production", "1", "--by", "ops").stdout
+    listed = run("aliases", "iris").stdout
+    assert "production" in listed and "1=10000" in listed and "active" in listed
+    assert "commit" in run("history", "iris").stdout and "by ops" in run("history", "iris").stdout
+    with Client(redis_server.url) as client:
+        result = client.run("iris", {"X": iris.features[:1]}, version="production")
+    assert run("feedback", "iris", result.rid, str(int(iris.forest.predict(
+        iris.features[:1])[0]))).stdout.strip() == "joined (version 1)"
+    assert run("feedback", "iris", result.rid, "0").stdout.strip() == "repeated (version 1)"
+    assert run("feedback", "iris", "nobody.7", "0").stdout.strip() == "unknown"
+    ranked = run("rank", "iris").stdout
+    assert "accuracy" in ranked and " 1 " in ranked
+    bad = run("alias", "iris", "production", "1=0.5,1=0.5", code=1)
+    assert bad.stderr.startswith("error: EARGS") and "twice" in bad.stderr
+    bad = run("alias", "iris", "production", "7", code=1)
+    assert bad.stderr.startswith("error: EMODEL")
+    bad = run("compare", "iris", "1", "2", code=1)
+    assert bad.stderr.startswith("error: EARGS")

@@ -136,6 +136,8 @@ def test_shadow_gets_a_share_and_agreement_is_recorded(
                        else None, what="shadow agreement")
     assert int(stats[b"compared"]) == 40 and int(stats[b"agreed"]) == 0
     assert float(stats[b"max_diff"]) == pytest.approx(1.0)  # 2 * 1.5 - 2 * 1.0
+    assert client.shadow_agreement("scale") == {
+        (v1, v3): {"compared": 40, "agreed": 0, "max_diff": pytest.approx(1.0)}}
 
 
 def test_feedback_joins_exactly_as_an_offline_join(
