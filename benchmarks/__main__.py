@@ -98,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--warmup", type=float, default=2.0)
     scale.add_argument("--tag", default="scale")
 
+    life = sub.add_parser("lifecycle", help="latency while an alias flips between versions")
+    life.add_argument("--concurrency", type=int, default=64)
+    life.add_argument("--duration", type=float, default=10.0)
+    life.add_argument("--flips", type=int, default=20)
+    life.add_argument("--tag", default="lifecycle")
+
     brk = sub.add_parser("breakdown", help="where one request's time goes, at 1 in flight")
     brk.add_argument("--requests", type=int, default=3000)
     brk.add_argument("--tag", default="breakdown")
@@ -169,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         breakdown.print_breakdown(doc)
         print(f"wrote {breakdown.write(doc, ns.tag)}")
         return 0
+    if ns.command == "lifecycle":
+        from . import lifecycle
+
+        return lifecycle.main(ns.concurrency, ns.duration, ns.flips, ns.tag)
     if ns.command == "scale":
         from . import scale as scaling
 

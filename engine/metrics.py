@@ -76,7 +76,12 @@ PREDICTIONS_LOGGED = Counter(
     "inferis_predictions_logged_total", "Answers logged for feedback to join", ["model"]
 )
 WARMUPS = Counter(
-    "inferis_warmups_total", "Versions loaded and warmed before an alias moved to them",
+    "inferis_warmups_total", "Versions warmed (a run on signature-shaped inputs) for an alias",
+    ["model", "version"],
+)
+WARMUP_LOADS = Counter(
+    "inferis_warmup_loads_total",
+    "Model loads done to warm a version for an alias (the rest were loads a request waited on)",
     ["model", "version"],
 )
 

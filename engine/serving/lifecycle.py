@@ -158,6 +158,7 @@ class Lifecycle:
             self._redis.execute_command(*commands.warmed(model, self.consumer, warm).as_args())
 
     def _warm_version(self, model: str, version: int) -> bool:
+        loads = self.cache.loads
         try:
             info = self.cache.resolve(model, str(version))
             loaded = self.cache.load(info)
@@ -167,6 +168,8 @@ class Lifecycle:
         ident = (model, version, info.digest)
         if ident in self._warm:
             return True
+        if self.cache.loads > loads:  # loaded here, not by a request
+            metrics.WARMUP_LOADS.labels(model, str(version)).inc()
         feed = warmup_feed(loaded.signature.inputs)
         if feed is not None:
             try:
