@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import drift
 from .inflight import InFlight, RequestIds
 from .protocol import aliases, commands, keys
 from .protocol.commands import Command
@@ -475,6 +476,15 @@ class Operations:
                 "stats": {k: int(v) for k, v in _fields(stats).items()},
             }
         return out
+
+    @operation
+    def drift(self, model: str, version: int, *, reference: int | None = None,
+              current: int | None = None) -> Plan[drift.DriftReport]:
+        """How far ``current`` (default: the latest window) has moved from
+        ``reference`` (default: the version's first window), per input and output
+        column: ``report.columns`` with PSI and Jensen-Shannon, most drifted first."""
+        _check_int("version", version, 1)
+        return drift.parse_reply((yield commands.drift(model, version, reference, current)))
 
     @operation
     def shadow_agreement(self, model: str) -> Plan[dict[tuple[int, int], dict[str, float]]]:

@@ -57,6 +57,9 @@ class WorkerConfig:
         4096, "refuse a model archive that unpacks to more (also bounded by 200x its size)"
     )
     max_archive_entries: int = _opt(100_000, "refuse a model archive with more entries")
+    drift_window_s: int = _opt(
+        60, "length of the time windows drift histograms are kept in (seconds)"
+    )
     metrics_addr: str = _opt("127.0.0.1", "address the /metrics endpoint listens on")
     metrics_port: int = _opt(
         0, "serve Prometheus /metrics on this port (0: off); with up/demo, worker i uses port + i"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from inferis.client.protocol import commands, keys
 
@@ -78,6 +78,11 @@ PREDICTIONS_LOGGED = Counter(
 WARMUPS = Counter(
     "inferis_warmups_total", "Versions warmed (a run on signature-shaped inputs) for an alias",
     ["model", "version"],
+)
+DRIFT_PSI = Gauge(
+    "inferis_drift_psi",
+    "Population stability index of the latest window against the reference, per column",
+    ["model", "version", "column"],
 )
 WARMUP_LOADS = Counter(
     "inferis_warmup_loads_total",

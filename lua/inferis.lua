@@ -1076,6 +1076,76 @@ local function shadowed(keys, args)
   return 1
 end
 
+-- drift: histograms per version, column and time window (client/drift.py)
+--   :drift:<v>:edges   hash: column -> "lo,hi" (fixed the first time, HSETNX)
+--   :drift:<v>:w:<id>  hash: "column:bin" -> count, for window <id> (expires)
+--   :drift:<v>:windows sorted set of window ids; :drift:<v>:ref the reference id
+
+-- _INFERIS_EDGES name version [column lo hi]...: propose edges; returns the
+-- edges that hold (the first proposal of each column wins, on every worker).
+local function driftedges(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local key = model_base(name) .. ':drift:' .. tostring(to_int(args[1], 'version', 1)) .. ':edges'
+  local i = 2
+  while args[i + 2] ~= nil do
+    redis.call('HSETNX', key, args[i], args[i + 1] .. ',' .. args[i + 2])
+    i = i + 3
+  end
+  return redis.call('HGETALL', key)
+end
+
+-- _INFERIS_DRIFT name version window ttl_ms keep_from [column counts_csv]...:
+-- add a worker's counts to a window; the first window of a version is its
+-- reference; windows before keep_from are forgotten.
+local function driftcounts(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local v = tostring(to_int(args[1], 'version', 1))
+  local window = to_int(args[2], 'window', 0)
+  local ttl = to_int(args[3], 'ttl', 1, MAX_TTL_MS)
+  local keep_from = to_int(args[4], 'keep_from', 0)
+  local base = model_base(name) .. ':drift:' .. v
+  local key = base .. ':w:' .. window
+  local i = 5
+  while args[i + 1] ~= nil do
+    local bin = 0
+    for count in string.gmatch(args[i + 1], '[^,]+') do
+      if count ~= '0' then redis.call('HINCRBY', key, args[i] .. ':' .. bin, to_int(count, 'count', 0)) end
+      bin = bin + 1
+    end
+    i = i + 2
+  end
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('ZADD', base .. ':windows', window, window)
+  redis.call('ZREMRANGEBYSCORE', base .. ':windows', '-inf', '(' .. keep_from)
+  redis.call('SETNX', base .. ':ref', window)
+  return 1
+end
+
+-- MODELDRIFT name version [REF window] [CUR window]: the edges, the reference
+-- and current window ids (default: the version's first and its latest), their
+-- counts, and the window ids kept.
+local function modeldrift(keys, args)
+  local name = keys[1]
+  check_name(name)
+  local base = model_base(name) .. ':drift:' .. tostring(to_int(args[1], 'version', 1))
+  local ref = redis.call('GET', base .. ':ref')
+  local latest = redis.call('ZRANGE', base .. ':windows', -1, -1)
+  local cur = latest[1]
+  local i = 2
+  while args[i] ~= nil do
+    local u = upper(args[i])
+    if u == 'REF' then ref = tostring(to_int(args[i + 1], 'REF window', 0))
+    elseif u == 'CUR' then cur = tostring(to_int(args[i + 1], 'CUR window', 0))
+    else fail('EARGS', 'MODELDRIFT option ' .. tostring(args[i]) .. ' is unknown') end
+    i = i + 2
+  end
+  if not ref or not cur then return {{}, '', '', {}, {}, {}} end
+  return {redis.call('HGETALL', base .. ':edges'), ref, cur, redis.call('HGETALL', base .. ':w:' .. ref),
+          redis.call('HGETALL', base .. ':w:' .. cur), redis.call('ZRANGE', base .. ':windows', 0, -1)}
+end
+
 ---------------------------------------------------------------------------
 -- runs: both forms write one stream entry (docs/PROTOCOL.md §5)
 --   t0, reply, n, q (msgpack array of request records), @<key> per input passed by key
@@ -1395,3 +1465,6 @@ redis.register_function{function_name = '_INFERIS_STATS', callback = guarded(wor
 redis.register_function{function_name = '_INFERIS_WARMED', callback = guarded(warmed)}
 redis.register_function{function_name = '_INFERIS_LOG', callback = guarded(predlog)}
 redis.register_function{function_name = '_INFERIS_SHADOW', callback = guarded(shadowed)}
+redis.register_function{function_name = '_INFERIS_EDGES', callback = guarded(driftedges)}
+redis.register_function{function_name = '_INFERIS_DRIFT', callback = guarded(driftcounts)}
+redis.register_function{function_name = 'MODELDRIFT', callback = guarded(modeldrift), flags = {'no-writes'}}

@@ -21,7 +21,7 @@ from .models import Batching, TensorSpec
 
 # Functions that write nothing: FCALL_RO-able, and never followed by WAIT.
 READ_ONLY = frozenset({"TENSORGET", "MODELGET", "INFERIS_VERSION", "MODELALIASGET",
-                       "MODELQUALITY"})
+                       "MODELQUALITY", "MODELDRIFT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +192,16 @@ def quality(name: str) -> Command:
     return Command("MODELQUALITY", [name], [])
 
 
+def drift(name: str, version: int, reference: int | None = None,
+          current: int | None = None) -> Command:
+    args: list[Any] = [version]
+    if reference is not None:
+        args += ["REF", reference]
+    if current is not None:
+        args += ["CUR", current]
+    return Command("MODELDRIFT", [name], args)
+
+
 # ---------------------------------------------------------------- worker-internal
 
 
@@ -213,6 +223,17 @@ def shadow_agreement(model: str, primary: int, shadow: int, compared: int, agree
                      max_diff: float) -> Command:
     return Command("_INFERIS_SHADOW", [model],
                    [primary, shadow, compared, agreed, f"{max_diff:.9g}"])
+
+
+def drift_edges(model: str, version: int, proposals: Sequence[Any]) -> Command:
+    """proposals: (column, lo, hi) flattened."""
+    return Command("_INFERIS_EDGES", [model], [version, *proposals])
+
+
+def drift_counts(model: str, version: int, window: int, ttl_ms: int, keep_from: int,
+                 counts: Sequence[Any]) -> Command:
+    """counts: (column, comma-separated bin counts) flattened."""
+    return Command("_INFERIS_DRIFT", [model], [version, window, ttl_ms, keep_from, *counts])
 
 
 def library_version() -> Command:

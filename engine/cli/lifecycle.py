@@ -1,4 +1,4 @@
-"""``inferis model alias|unalias|aliases|history|feedback|rank|compare``: the model
+"""``inferis model alias|unalias|aliases|history|feedback|rank|compare|drift``: the model
 lifecycle from the command line (the SDK's operations, printed for people)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from inferis.client import ArgumentError, CanaryGuard, Client
 from inferis.client import quality as Q
 
-COMMANDS = ("alias", "unalias", "aliases", "history", "feedback", "rank", "compare")
+COMMANDS = ("alias", "unalias", "aliases", "history", "feedback", "rank", "compare", "drift")
 
 
 def add_commands(msub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -54,6 +54,13 @@ def add_commands(msub: argparse._SubParsersAction, common: argparse.ArgumentPars
     compare.add_argument("control", type=int)
     compare.add_argument("treatment", type=int)
     compare.add_argument("--alpha", type=float, default=0.05)
+    drift = msub.add_parser(
+        "drift", parents=[common],
+        help="how far a version's traffic moved from its reference window, per column")
+    drift.add_argument("name")
+    drift.add_argument("--version", type=int, default=None, help="default: latest")
+    drift.add_argument("--reference", type=int, default=None, help="window id (default: first)")
+    drift.add_argument("--current", type=int, default=None, help="window id (default: latest)")
 
 
 def _shares(spec: str) -> int | dict[int, float]:
@@ -138,6 +145,21 @@ def _compare(client: Client, ns: argparse.Namespace) -> None:
           f"{result.decision}")
 
 
+def _drift(client: Client, ns: argparse.Namespace) -> None:
+    version = ns.version or client.modelget(ns.name).version
+    report = client.drift(ns.name, version, reference=ns.reference, current=ns.current)
+    if report.reference_window < 0:
+        print(f"no drift histograms for {ns.name} v{version} yet (traffic through an alias "
+              "is summarized)")
+        return
+    print(f"{ns.name} v{version}: window {report.current_window} against reference "
+          f"{report.reference_window} ({len(report.windows)} windows kept)")
+    print(f"{'column':28} {'ref n':>8} {'cur n':>8} {'PSI':>8} {'JS bits':>8} verdict")
+    for c in report.columns:
+        print(f"{c.column:28} {c.reference_n:>8} {c.current_n:>8} {c.psi:>8.4f} {c.js:>8.4f} "
+              f"{c.verdict}")
+
+
 def run(client: Client, ns: argparse.Namespace) -> None:
     command = ns.model_command
     if command == "alias":
@@ -159,3 +181,5 @@ def run(client: Client, ns: argparse.Namespace) -> None:
         _rank(client, ns.name)
     elif command == "compare":
         _compare(client, ns)
+    elif command == "drift":
+        _drift(client, ns)

@@ -10,6 +10,7 @@ waiting. A failure here is logged and dropped: it is telemetry, serving goes on.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from inferis.client import drift as D
 from inferis.client.protocol import commands
 from inferis.client.protocol.aliases import AliasRoute
 from inferis.client.protocol.models import ANY_DTYPE
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 
 # Shadow runs waiting beyond this are dropped: the shadow never holds the worker.
 MAX_SHADOW_BACKLOG = 256
+# Drift histograms: values kept per column between flushes (a sample beyond it is
+# dropped, which bounds memory and CPU), columns per tensor, how long windows live.
+DRIFT_MAX_VALUES = 20_000
+DRIFT_MAX_COLUMNS = 64
+DRIFT_FLUSH_S = 2.0
+DRIFT_GAUGE_S = 30.0
+DRIFT_KEEP_MS = 7 * 24 * 3600 * 1000
 FLOAT_RTOL, FLOAT_ATOL = 1e-3, 1e-5
 
 
@@ -50,10 +59,17 @@ class _Agreement:
 
 
 class Lifecycle:
-    def __init__(self, conn: Any, cache: ModelCache, consumer: str) -> None:
+    def __init__(self, conn: Any, cache: ModelCache, consumer: str,
+                 drift_window_s: int = 60) -> None:
         self._redis = conn
         self.cache = cache
         self.consumer = consumer
+        self.drift_window_s = drift_window_s
+        self._drift: dict[tuple[str, int], dict[str, list[np.ndarray]]] = {}
+        self._drift_sizes: dict[tuple[str, int, str], int] = {}
+        self._edges: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
+        self._next_drift_flush = time.monotonic() + DRIFT_FLUSH_S
+        self._next_gauges = time.monotonic() + DRIFT_GAUGE_S
         self._logs: dict[tuple[str, int], list[Any]] = {}  # (model, ttl) -> records
         self._shadows: list[_ShadowJob] = []
         self._dirty: set[str] = set()  # models whose aliases may have changed
@@ -73,6 +89,7 @@ class Lifecycle:
             metrics.ALIAS_REQUESTS.labels(info.name, route.alias, str(info.version)).inc()
             if request.error is not None or not request.results:
                 continue
+            self._note_drift(info.name, info.version, request)
             record = _log_record(request)
             if record is not None:
                 self._logs.setdefault((info.name, route.log_ttl_ms), []).extend(record)
@@ -87,6 +104,13 @@ class Lifecycle:
     def flush(self, backlogged: bool) -> None:
         """Run the shadow jobs (unless requests wait: then they are dropped) and send
         the logs and agreements; called once completions are on their way."""
+        now = time.monotonic()
+        if now >= self._next_drift_flush:
+            self._next_drift_flush = now + DRIFT_FLUSH_S
+            self._flush_drift()
+        if now >= self._next_gauges:
+            self._next_gauges = now + DRIFT_GAUGE_S
+            self._update_drift_gauges()
         if not self._logs and not self._shadows:
             return
         jobs, self._shadows = self._shadows, []
@@ -124,6 +148,69 @@ class Lifecycle:
         a.agreed += int(agreed)
         a.max_diff = max(a.max_diff, diff)
         _count_shadow(job, "agreed" if agreed else "disagreed")
+
+    # ---------------------------------------------------------------- drift
+
+    def _note_drift(self, model: str, version: int, request: Request) -> None:
+        columns = self._drift.setdefault((model, version), {})
+        for prefix, tensors in (("in", request.feed), ("out", request.results)):
+            for name, array in tensors.items():
+                for column, values in _columns(f"{prefix}:{name}", np.asarray(array)):
+                    size_key = (model, version, column)
+                    if self._drift_sizes.get(size_key, 0) >= DRIFT_MAX_VALUES:
+                        continue
+                    columns.setdefault(column, []).append(values)
+                    self._drift_sizes[size_key] = self._drift_sizes.get(size_key, 0) + values.size
+
+    def _flush_drift(self) -> None:
+        """Histograms of what was served since the last flush, added to this window."""
+        pending, self._drift, self._drift_sizes = self._drift, {}, {}
+        if not pending:
+            return
+        window = int(time.time()) // self.drift_window_s
+        keep_from = window - DRIFT_KEEP_MS // (self.drift_window_s * 1000)
+        try:
+            for (model, version), columns in pending.items():
+                values = {c: np.concatenate(parts).astype(np.float64)
+                          for c, parts in columns.items()}
+                edges = self._edges_for(model, version, values)
+                counts: list[Any] = []
+                for column, data in values.items():
+                    if column in edges and data.size:
+                        lo, hi = edges[column]
+                        counts += [column, ",".join(map(str, D.histogram(data, lo, hi)))]
+                if counts:
+                    self._redis.execute_command(*commands.drift_counts(
+                        model, version, window, DRIFT_KEEP_MS, keep_from, counts).as_args())
+        except redis.RedisError as exc:
+            log.warning("could not write drift histograms: %s", exc)
+
+    def _edges_for(self, model: str, version: int, values: dict[str, np.ndarray]
+                   ) -> dict[str, tuple[float, float]]:
+        known = self._edges.setdefault((model, version), {})
+        new = [c for c in values if c not in known and values[c].size]
+        if new:
+            proposals: list[Any] = []
+            for column in new:
+                lo, hi = D.edges_for(values[column])
+                proposals += [column, f"{lo:.9g}", f"{hi:.9g}"]
+            held = _fields(self._redis.execute_command(
+                *commands.drift_edges(model, version, proposals).as_args()))
+            for column, text in held.items():
+                lo, hi = (float(x) for x in text.split(","))
+                known[column] = (lo, hi)
+        return known
+
+    def _update_drift_gauges(self) -> None:
+        """PSI of the latest window against the reference, per column, as metrics."""
+        for model, version in list(self._edges):
+            try:
+                report = read_drift(self._redis, model, version)
+            except redis.RedisError as exc:
+                log.warning("could not read drift of %s v%d: %s", model, version, exc)
+                continue
+            for column in report:
+                metrics.DRIFT_PSI.labels(model, str(version), column.column).set(column.psi)
 
     # ---------------------------------------------------------------- warming
 
@@ -180,6 +267,27 @@ class Lifecycle:
         metrics.WARMUPS.labels(model, str(version)).inc()
         log.info("warmed %s v%d for its aliases", model, version)
         return True
+
+
+def _columns(prefix: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """A tensor's drift columns: each column of a [rows, k] tensor (k up to 64),
+    else the whole tensor as one; only numbers."""
+    if array.dtype.kind not in "iubf" or array.size == 0:
+        return []
+    if array.ndim == 2 and array.shape[1] <= DRIFT_MAX_COLUMNS:
+        return [(f"{prefix}:{j}", array[:, j].ravel()) for j in range(array.shape[1])]
+    if array.ndim <= 1:
+        return [(f"{prefix}:0", array.ravel())]
+    return [(f"{prefix}:*", array.ravel())]
+
+
+def read_drift(conn: Any, model: str, version: int, reference: int | None = None,
+               current: int | None = None) -> list[D.ColumnDrift]:
+    """The reference and current windows of a version compared, column by column."""
+    raw = conn.execute_command(
+        "FCALL_RO", *commands.drift(model, version, reference, current).as_args()[1:])
+    report = D.parse_reply(raw)
+    return D.compare(report.reference, report.current)
 
 
 def warmup_feed(specs: Iterable[Any]) -> dict[str, np.ndarray] | None:

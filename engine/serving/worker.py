@@ -182,7 +182,8 @@ class Worker:
             self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
         self._executor = Executor(conn, self._cache)
         if self._lifecycle is None:
-            self._lifecycle = Lifecycle(conn, self._cache, self.consumer)
+            self._lifecycle = Lifecycle(conn, self._cache, self.consumer,
+                                        self.config.drift_window_s)
         else:
             self._lifecycle.rebind(conn)
         settle_heap()

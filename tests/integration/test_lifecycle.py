@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from inferis.client import ArgumentError, AsyncClient, CanaryGuard, Client, ModelNotFoundError
+from inferis.client import drift as D
 from inferis.client import quality as Q
 from inferis.client.protocol import keys
 from inferis.engine.local.embedded import EmbeddedRedis
@@ -221,3 +222,41 @@ def test_a_planted_bad_canary_is_rolled_back_within_its_window(
     assert rollback["by"] == "canary guard" and f"version {bad}" in rollback["why"]
     assert all(client.run("scale", {"X": x}, version="prod", unit=f"u{i}").error is None
                for i in range(50))
+
+
+def test_drift_of_a_shifted_input_is_seen_against_the_reference_window(
+    client: Client, start_workers: WorkerFactory, iris: IrisModel
+) -> None:
+    start_workers(1, "--drift-window-s", "1")
+    version = client.modelstore("iris", "onnx", iris.blob).version
+    client.alias_set("iris", "production", version, warm=False)
+    rng = np.random.default_rng(4)
+
+    def send(shift: float) -> None:
+        rows = iris.features[rng.integers(0, len(iris.features), 400)].copy()
+        rows[:, 2] += shift  # petal length moves; the other columns do not
+        futures = client.submit_many("iris", [{"X": rows[i : i + 1]} for i in range(len(rows))],
+                                     version="production")
+        assert all(client.wait(f).error is None for f in futures)
+
+    def counted(after: int) -> int:
+        """Values of petal length in the windows after ``after``."""
+        report = client.drift("iris", version)
+        return sum(sum(client.drift("iris", version, current=w).current.get("in:X:2", []))
+                   for w in report.windows if w > after)
+
+    send(0.0)
+    wait_until(lambda: counted(-1) == 400, what="the first traffic in the windows")
+    last_normal = max(client.drift("iris", version).windows)
+    time.sleep(1.2)  # later windows hold only what comes next
+    send(3.0)
+    wait_until(lambda: counted(last_normal) == 400, what="the shifted traffic")
+    report = client.drift("iris", version)
+    assert report.current_window > last_normal
+    by_column = {c.column: c for c in report.columns}
+    assert by_column["in:X:2"].verdict == "drift" and by_column["in:X:2"].psi > 1.0
+    for column in ("in:X:0", "in:X:1", "in:X:3"):
+        assert by_column[column].psi < D.PSI_DRIFT, by_column[column]
+    # the outputs moved too: longer petals are another class
+    assert by_column["out:label:0"].psi > D.PSI_WATCH
+    assert report.columns[0].column == "in:X:2"
