@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,13 +159,13 @@ class ModelStats:
         counts.queue_us += queue_us
 
     def flush_due(self, conn: redis.Redis, force: bool = False,
-                  held: Iterable[str] = ()) -> None:
-        """Send the counters (and a heartbeat for every model in ``held``) when due."""
+                  held: Callable[[], Iterable[str]] = tuple) -> None:
+        """Send the counters (and a heartbeat for every model ``held()`` names) when due."""
         if not force and time.monotonic() < self._next_flush:
             return
         self._next_flush = time.monotonic() + self.interval_s
         pending, self._pending = self._pending, defaultdict(_Counts)
-        per_model: dict[str, list[Any]] = {m: [] for m in held if keys.is_model_name(m)}
+        per_model: dict[str, list[Any]] = {m: [] for m in held() if keys.is_model_name(m)}
         for (model, version), c in pending.items():
             if keys.is_model_name(model):  # requests for invalid names have no stats
                 per_model.setdefault(model, []).extend(

@@ -226,6 +226,8 @@ class Lifecycle:
         """Load and warm every version the aliases of changed models name (active,
         pending, shadow), then tell Redis, which moves a pending alias once every
         live worker of the model has done so."""
+        if not self._dirty:
+            return
         dirty, self._dirty = self._dirty, set()
         held = self.cache.held_names()
         for model in dirty & held:

@@ -292,7 +292,7 @@ class Worker:
     def flush_stats_before_exit(self) -> None:
         if self._redis is not None:
             with contextlib.suppress(*_REDIS_DOWN, redis.RedisError):
-                self._stats.flush_due(self._redis, force=True, held=self._held())
+                self._stats.flush_due(self._redis, force=True, held=self._held)
 
     def now_ms(self) -> int:
         """Redis server time, so deadlines set at enqueue mean the same here."""
@@ -308,7 +308,7 @@ class Worker:
         now = time.monotonic()
         clustered = self._routes is not None and self._routes.cluster is not None
         try:
-            self._stats.flush_due(self._redis, held=self._held())
+            self._stats.flush_due(self._redis, held=self._held)
         except _REDIS_DOWN:
             if not clustered:
                 raise  # kept, flushed once the stats' shard is back
