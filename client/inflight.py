@@ -55,6 +55,9 @@ class InFlight:
     def expect(self, rid: str, resolver: Resolver) -> None:
         self._waiters[rid] = resolver
 
+    def is_waiting(self, rid: str) -> bool:
+        return rid in self._waiters
+
     def forget(self, rid: str) -> None:
         self._waiters.pop(rid, None)
 

@@ -181,13 +181,14 @@ class Operations:
         timeout_ms: int | None,
         keep_keys: bool,
         unit: str | None = None,
+        request_id: str | None = None,
     ) -> Submit:
         """A run on inline inputs (or :class:`Ref` to stored tensors); the model decides
         the outputs. Unless ``keep_keys``, small tensors travel only in the stream
         entry and the reply: a prediction leaves nothing behind."""
         _check_model(model)
         timeout = self._timeout(timeout_ms)
-        rid = self._ids.next()
+        rid = self._ids.next() if request_id is None else self._own_id(request_id)
         named = _named_inputs(inputs)
         # A run goes where its stored inputs are (one slot), else to the next partition.
         partition = self._partition_of_refs([v.key for _, v in named if isinstance(v, Ref)])
@@ -249,14 +250,18 @@ class Operations:
         timeout_ms: int | None = None,
         keep_keys: bool = False,
         unit: str | None = None,
+        request_id: str | None = None,
     ) -> Plan[RunResult]:
         """Run ``model``; the result carries its outputs, or its error in ``result.error``.
 
-        ``version``: a number, ``"latest"`` or an alias. ``keep_keys``: also keep the
-        inputs and outputs as keys (for the client's TTL). ``unit``: who the request is
-        for (a user id), so a split alias sends the same unit to the same version.
+        ``version``: a number, a digest, ``"latest"`` or an alias. ``keep_keys``: also
+        keep the inputs and outputs as keys (for the client's TTL). ``unit``: who the
+        request is for (a user id), so a split alias sends the same unit to the same
+        version. ``request_id``: the id to run under (feedback joins on it; unique
+        among this client's runs in flight), instead of a generated one.
         """
-        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys, unit)
+        submit = self._run_request(model, inputs, version, timeout_ms, keep_keys, unit,
+                                   request_id)
         return (yield from self._answer(submit))
 
     @operation
@@ -501,6 +506,11 @@ class Operations:
         return out
 
     @operation
+    def library_version(self) -> Plan[str]:
+        """The version of the Functions library loaded in Redis (ELIBRARY if none)."""
+        return _text((yield commands.library_version()))
+
+    @operation
     def set_max_queue(self, depth: int) -> Plan[None]:
         """Refuse runs with EBUSY while this many requests are queued in a partition
         (0: no bound), on every partition of this client."""
@@ -524,6 +534,14 @@ class Operations:
             return self.timeout_ms
         _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
         return timeout_ms
+
+    def _own_id(self, request_id: str) -> str:
+        if not isinstance(request_id, str) or not keys.is_request_id(request_id):
+            raise ArgumentError(
+                f"request_id must be 1-64 characters of letters, digits, _ . -, got {request_id!r}")
+        if self._inflight.is_waiting(request_id):
+            raise ArgumentError(f"request_id {request_id!r} is already in flight on this client")
+        return request_id
 
     def _spread_partitions(self) -> list[int]:
         """Where runs without stored keys go: each primary in turn, to the first of

@@ -395,6 +395,9 @@ local function resolve_version(base, name, v)
     if not version then fail('EMODEL', 'model ' .. name .. ' has no versions') end
   elseif string.match(v, '^%d+$') then
     version = v
+  elseif #v == 64 and string.match(v, '^%x+$') then  -- a digest names its version
+    version = redis.call('HGET', base .. ':digests', string.lower(v))
+    if not version then fail('EMODEL', 'model ' .. name .. ' has no version with digest ' .. v) end
   else
     version = redis.call('HGET', base .. ':aliases', v)
     if not version then fail('EMODEL', 'model ' .. name .. ' has no version or alias ' .. v) end

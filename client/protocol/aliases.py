@@ -24,8 +24,14 @@ PPM = 1_000_000
 
 
 def is_alias_ref(version: str) -> bool:
-    """A requested version that names an alias (not a number, not latest/empty)."""
-    return bool(version) and not version.isdigit() and version.lower() != "latest"
+    """A requested version that names an alias (not a number, a digest, latest or empty)."""
+    return (bool(version) and not version.isdigit() and version.lower() != "latest"
+            and not is_digest(version))
+
+
+def is_digest(version: str) -> bool:
+    """A SHA-256 in hex: the version with that content."""
+    return len(version) == 64 and all(c in "0123456789abcdefABCDEF" for c in version)
 
 
 def bucket(alias: str, unit: str) -> int:

@@ -56,6 +56,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     add_worker_arguments(demo)
     demo.set_defaults(handler=cmd_demo)
 
+    gateway = sub.add_parser(
+        "gateway", parents=[common],
+        help="serve the Open Inference Protocol V2 REST API (Triton/KServe clients) over Redis")
+    gateway.add_argument("--redis", default="redis://localhost:6379")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8000)
+    gateway.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    gateway.set_defaults(handler=cmd_gateway)
+
     lib = sub.add_parser(
         "load-library", parents=[common], help="load the Functions library into a Redis"
     )
@@ -185,6 +194,16 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     ) as (url, _):
         print(f"inferis is up: {url} ({ns.workers} workers)", flush=True)
         run_demo(url)
+    return 0
+
+
+def cmd_gateway(ns: argparse.Namespace) -> int:
+    try:
+        from ..gateway.app import serve
+    except ImportError as exc:
+        raise ConfigError(f"the gateway needs the gateway extra (pip install "
+                          f"'inferis[gateway]'): {exc}") from None
+    serve(ns.redis, ns.host, ns.port, ns.workers)
     return 0
 
 
