@@ -14,7 +14,7 @@ COPY inferis ./inferis
 COPY client ./client
 COPY engine ./engine
 COPY lua ./lua
-RUN pip install '.[engine]'
+RUN pip install '.[engine,gateway]'
 
 RUN useradd --create-home --shell /usr/sbin/nologin inferis
 USER inferis

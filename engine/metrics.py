@@ -9,14 +9,17 @@ seconds, so reading stats never costs the hot path a round trip.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import redis
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from inferis.client.protocol import commands, keys
 
@@ -79,6 +82,10 @@ WARMUPS = Counter(
     "inferis_warmups_total", "Versions warmed (a run on signature-shaped inputs) for an alias",
     ["model", "version"],
 )
+QUEUE_DEPTH = Gauge(
+    "inferis_queue_depth", "Requests enqueued and not yet answered, per partition served",
+    ["partition"],
+)
 DRIFT_PSI = Gauge(
     "inferis_drift_psi",
     "Population stability index of the latest window against the reference, per column",
@@ -127,9 +134,32 @@ def series(model: str, version: str) -> Series:
 UNRESOLVED = series(UNRESOLVED_MODEL, "-")
 
 
-def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Expose /metrics on ``addr:port`` (loopback unless the operator opens it up)."""
-    start_http_server(port, addr=addr)
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass
+
+
+def serve(port: int, addr: str = "127.0.0.1",
+          ready: Callable[[], bool] = lambda: True) -> None:
+    """Expose ``/metrics``, ``/health/live`` and ``/health/ready`` on ``addr:port``
+    (loopback unless the operator opens it up), from a daemon thread. Ready means
+    what ``ready()`` says: connected, with the library loaded."""
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == "/health/live":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"live\n"]
+        if path == "/health/ready":
+            ok = ready()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain")])
+            return [b"ready\n" if ok else b"not ready\n"]
+        return metrics_app(environ, start_response)
+
+    server = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 @dataclass

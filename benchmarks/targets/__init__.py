@@ -12,6 +12,7 @@ _TARGETS = {
     "redis_floor": "redis_floor:RedisFloorTarget",
     "starlette": "starlette_endpoint:StarletteTarget",
     "mlserver": "mlserver:MLServerTarget",
+    "inferis-gateway": "gateway:GatewayTarget",
     "bentoml": "bentoml:BentoMLTarget",
     "rayserve": "rayserve:RayServeTarget",
 }

@@ -9,6 +9,7 @@ operators can see it before any worker has loaded the model.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ from .signature import merge_specs
 
 SpecLike = TensorSpec | Mapping[str, Any]
 
+
+log = logging.getLogger(__name__)
 
 def describe(
     backend: str,
@@ -76,4 +79,23 @@ def store_model(
         inputs=options.pop("inputs", None) or (),
         outputs=options.pop("outputs", None) or (),
     )
+    if options.get("batch"):
+        for problem in unbatchable_inputs(inputs):
+            log.warning("%s: %s, so its requests run one at a time although batching is "
+                        "asked for; give that input a leading batch dimension (e.g. [1, n])",
+                        name, problem)
     return client.modelstore(name, backend, blob, inputs=inputs, outputs=outputs, **options)
+
+
+def unbatchable_inputs(inputs: Any) -> list[str]:
+    """Inputs that keep requests of a batching model from being batched: the worker
+    stacks requests along the first dimension every input shares, so an input
+    without one (rank 0 or 1, like a [256] vector) runs each request alone."""
+    problems = []
+    for spec in inputs or ():
+        shape = spec.shape if hasattr(spec, "shape") else spec.get("shape")
+        name = spec.name if hasattr(spec, "name") else spec.get("name")
+        if shape is not None and len(shape) < 2:
+            dims = ",".join("?" if d is None else str(d) for d in shape)
+            problems.append(f"input {name} has no batch dimension ([{dims}])")
+    return problems

@@ -29,7 +29,7 @@ from typing import Any
 import redis
 
 from inferis.client.connection import roundtrip
-from inferis.client.protocol import commands
+from inferis.client.protocol import commands, keys
 from inferis.client.protocol.backoff import Backoff
 from inferis.client.protocol.commands import Command
 from inferis.client.protocol.defaults import GROUP, MODELS_CHANNEL
@@ -94,6 +94,7 @@ class Worker:
         self._leaving: set[int] = set()  # lanes whose slot moved away
         self._home = partitions.Home(config.redis_url) if is_cluster_url(config.redis_url) else None
         self.served = 0
+        self.ready = False  # connected, library loaded, lanes assigned (/health/ready)
 
     @property
     def streams(self) -> list[str]:
@@ -108,12 +109,14 @@ class Worker:
     def stop(self, *_: object) -> None:
         """Finish the batch in hand, answer it, then exit (SIGTERM/SIGINT)."""
         self._stopping = True
+        self.ready = False  # an orchestrator stops sending work here
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         if self.config.metrics_port:
-            metrics.serve(self.config.metrics_port, self.config.metrics_addr)
+            metrics.serve(self.config.metrics_port, self.config.metrics_addr,
+                          ready=lambda: self.ready)
         backoff = Backoff(first=0.1, cap=2.0)
         while not self._stopping or self._owed:
             try:
@@ -181,6 +184,7 @@ class Worker:
         else:
             self._cache.rebind(conn)  # and forget resolutions: notices may have been missed
         self._executor = Executor(conn, self._cache)
+        self.ready = not self._stopping
         if self._lifecycle is None:
             self._lifecycle = Lifecycle(conn, self._cache, self.consumer,
                                         self.config.drift_window_s)
@@ -279,6 +283,7 @@ class Worker:
                 lane.close()
 
     def disconnect(self) -> None:
+        self.ready = False
         self.drop_lane_connections()
         for closeable in (self._pubsub,):
             if closeable is not None:
@@ -316,6 +321,7 @@ class Worker:
         if now >= self._next_alias_look:  # in case a notice was missed
             self._lifecycle.look_again()
             self._next_alias_look = now + ALIAS_LOOK_S
+            self.export_queue_depth()
         if clustered and now >= self._next_refresh:
             self.follow_the_cluster()
             self._next_refresh = now + CLUSTER_REFRESH_S
@@ -328,6 +334,20 @@ class Worker:
             self._behind |= len(raw) >= self.config.read_count
         self._lifecycle.warm_what_aliases_need()
         return handled
+
+    def export_queue_depth(self) -> None:
+        """Each served partition's queue count (what the Functions keep), as a gauge
+        any orchestrator can scale on."""
+        assert self._redis is not None
+        numbers = list(self._lanes)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for number in numbers:
+                pipe.hget(keys.partition_config(number), "queued")
+            for number, queued in zip(numbers, pipe.execute(), strict=True):
+                metrics.QUEUE_DEPTH.labels(str(number)).set(int(queued or 0))
+        except redis.RedisError as exc:  # telemetry: never in the way of serving
+            log.debug("could not read queue depths: %s", exc)
 
     def _held(self) -> set[str]:
         return self._cache.held_names() if self._cache is not None else set()

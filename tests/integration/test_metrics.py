@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -76,3 +77,31 @@ def test_a_gpu_model_on_a_cpu_worker_falls_back_loudly(client: Client, start_wor
     assert np.array_equal(out["label"], iris.reference(iris.features[:3])["label"])
     fallback = (("backend", "onnx"), ("model", "iris-gpu"), ("wanted", "GPU:0"))
     assert _scrape(port)[("inferis_device_fallbacks_total", fallback)] == 1
+
+
+def test_health_endpoints_beside_metrics(redis_server, start_workers) -> None:
+    port = free_port()
+    pool = start_workers(1, "--metrics-port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    assert urllib.request.urlopen(base + "/health/live", timeout=10).status == 200
+    deadline = time.monotonic() + 20
+    while True:  # ready once connected with the library loaded
+        try:
+            if urllib.request.urlopen(base + "/health/ready", timeout=10).status == 200:
+                break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.1)
+    redis_server.kill()  # Redis gone: live, not ready
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health/ready", timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            break
+        assert time.monotonic() < deadline, "still ready without Redis"
+        time.sleep(0.1)
+    assert urllib.request.urlopen(base + "/health/live", timeout=10).status == 200
+    assert pool.processes[0].poll() is None
