@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from inferis.client import Client
+from inferis.client.protocol.errors import ArgumentError, InferisError
 from inferis.client.protocol.models import ModelInfo, StoredVersion, TensorSpec
 
 from ..backends.base import BackendOptions
@@ -53,7 +54,14 @@ def describe(
     )
     # Threads 0: inspecting must not change the calling process's thread settings.
     options = BackendOptions(intra_op_threads=0, inter_op_threads=0)
-    model = load_model(blob, info, options)
+    try:
+        model = load_model(blob, info, options)
+    except InferisError:
+        raise
+    except Exception as exc:  # the backend's own words, as one clear refusal
+        raise ArgumentError(
+            f"{backend} cannot load this {format or backend} model, so it would never run: "
+            f"{type(exc).__name__}: {_first_line(exc)}") from None
     try:
         found_in = merge_specs(model.inputs, declared_in)
         found_out = merge_specs(model.outputs, declared_out)
@@ -85,6 +93,11 @@ def store_model(
                         "asked for; give that input a leading batch dimension (e.g. [1, n])",
                         name, problem)
     return client.modelstore(name, backend, blob, inputs=inputs, outputs=outputs, **options)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else ""
 
 
 def unbatchable_inputs(inputs: Any) -> list[str]:

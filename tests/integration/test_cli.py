@@ -163,3 +163,27 @@ def test_lifecycle_commands(redis_server, start_workers, tmp_path: Path, iris) -
     assert bad.stderr.startswith("error: EMODEL")
     bad = run("compare", "iris", "1", "2", code=1)
     assert bad.stderr.startswith("error: EARGS")
+
+
+@pytest.mark.parametrize("name, content, args, says", [
+    ("m.pb", b"garbage", ["--backend", "tensorflow", "--format", "graphdef"],
+     "INPUT and OUTPUT declarations are required"),
+    ("s.py", b"def forward(x):\n    return x\n",
+     ["--backend", "torch", "--format", "torchscript-source"], "entry"),
+    ("m.onnx", b"garbage", ["--backend", "onnx"], "cannot load this onnx model"),
+])
+def test_a_model_that_cannot_load_is_refused_at_store_with_one_line(
+    redis_server, tmp_path: Path, name: str, content: bytes, args: list[str], says: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    done = subprocess.run(
+        [*INFERIS, "model", "--redis", redis_server.url, "store", "m", str(path), *args],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: EARGS") and says in errors[0]
+    assert "Traceback" not in done.stderr
+    with Client(redis_server.url) as client:
+        assert client.modellist() == []  # nothing was stored
