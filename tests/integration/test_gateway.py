@@ -4,6 +4,7 @@ what a client library hides (errors, echoed ids, digests)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -143,3 +144,35 @@ def test_bad_requests_get_a_clear_error(
     assert got == status and answer["error"].startswith(code), answer
     got, answer = post(gateway, "/v2/models/nosuch/infer", doc)
     assert got in (400, 404)
+
+
+def test_the_kserve_v2_rest_client_gets_the_same_answers(
+    gateway: str, client: Client, start_workers: WorkerFactory, iris: IrisModel
+) -> None:
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    start_workers(1)
+    store_model(client, "iris", "onnx", iris.blob)
+    client.alias_set("iris", "production", 1)
+    x = iris.features[10:16]
+    expected = iris.reference(x)
+    base = f"http://{gateway}"
+
+    async def scenario() -> list:
+        rest = InferenceRESTClient(config=RESTConfig(protocol="v2", timeout=20))
+        assert await rest.is_server_live(base) and await rest.is_server_ready(base)
+        assert await rest.is_model_ready(base, "iris")
+        answers = []
+        for binary in (False, True):
+            tensor = InferInput("X", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            request = InferRequest("iris", [tensor], request_id=f"k-{binary}",
+                                   model_version="production")
+            answers.append(await rest.infer(base, request, model_name="iris"))
+        return answers
+
+    for response in asyncio.run(scenario()):
+        outputs = {o.name: o.as_numpy() for o in response.outputs}
+        np.testing.assert_array_equal(outputs["label"], expected["label"])
+        np.testing.assert_allclose(outputs["probabilities"], expected["probabilities"], rtol=1e-6)
+        assert response.id.startswith("k-")
