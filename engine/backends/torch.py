@@ -382,7 +382,46 @@ def _load_source(
         raise ValueError(
             f"the script has no function {entry!r}; it defines: {', '.join(available)}"
         )
+    if _takes_tensor_list(function.schema):
+        return _redisai_entry(function, info, device, f"function {entry}")
     return _scripted_model(function, function.schema, info, device, f"function {entry}", False)
+
+
+def _takes_tensor_list(schema: torch.FunctionSchema) -> bool:
+    args = schema.arguments
+    return bool(args) and isinstance(args[0].type, torch.ListType) and _is_tensor_type(
+        args[0].type.getElementType())
+
+
+def _redisai_entry(function: Any, info: ModelInfo, device: torch.device, what: str
+                   ) -> TorchModel:
+    """A RedisAI 1.2 entry point, ``def f(tensors: List[Tensor], keys: List[str],
+    args: List[str])``: the inputs (as many as declared at store time) go in as the
+    list, ``keys`` and ``args`` are the lists given in META."""
+    arguments = function.schema.arguments
+    if len(arguments) > 3 or not all(
+        isinstance(a.type, torch.ListType) and isinstance(a.type.getElementType(), torch.StringType)
+        for a in arguments[1:]
+    ):
+        raise ValueError(f"{what} takes {function.schema}; an entry point taking "
+                         "List[Tensor] takes at most keys: List[str] and args: List[str] after it")
+    if not info.inputs:
+        raise ValueError(f"{what} takes List[Tensor]: declare its inputs (one INPUT per tensor "
+                         "in the list) at store time")
+    lists = []
+    for name in ("keys", "args")[: len(arguments) - 1]:
+        value = info.extra.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f'META "{name}" must be a list of strings for {what}')
+        lists.append(list(value))
+    order = [s.name for s in info.inputs]
+    declared = [d.name for d in info.outputs]
+    layout = _script_layout(_returns(function.schema), declared, what)
+    return TorchModel(
+        lambda feed: function([feed[n] for n in order], *lists),
+        [TensorSpec(s.name, ANY_DTYPE, None) for s in info.inputs],
+        _declared_outputs(info, layout.names), layout, device,
+    )
 
 
 # --- pt2: the exported program carries dtypes and shapes ---------------------

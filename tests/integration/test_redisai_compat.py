@@ -128,3 +128,69 @@ def test_bad_model_arguments_raise_value_error_before_sending(
         con.modelstore(**args)
     with pytest.raises(ValueError, match="Missing required arguments"):
         con.modelexecute("m", None, ["b"])  # type: ignore[arg-type]
+
+
+SCRIPT = """
+def bar(tensors: List[Tensor], keys: List[str], args: List[str]):
+    a = tensors[0]
+    b = tensors[1]
+    return a + b
+
+def bar_variadic(tensors: List[Tensor], keys: List[str], args: List[str]):
+    a = tensors[0]
+    l = tensors[1:]
+    return a + l[0]
+
+def scaled(tensors: List[Tensor], keys: List[str], args: List[str]):
+    return tensors[0] * float(args[0])
+"""
+
+
+def test_redisai_1_2_scripts_run_with_entry_points_and_args(
+    con: Client, start_workers: WorkerFactory
+) -> None:
+    start_workers(1)
+    assert con.scriptstore("test", "cpu", SCRIPT, ["bar", "bar_variadic", "scaled"],
+                           tag="version1") == "OK"
+    meta = con.scriptget("test", meta_only=True)
+    assert meta["device"] == "cpu" and meta["tag"] == "version1" and "source" not in meta
+    assert con.scriptget("test")["source"] == SCRIPT
+    con.tensorset("a", (2, 3), dtype="float")
+    con.tensorset("b", (2, 3), dtype="float")
+    for function in ("bar", "bar_variadic"):
+        assert con.scriptexecute("test", function, inputs=["a", "b"], outputs=["c"]) == "OK"
+        assert con.tensorget("c", as_numpy=False)["values"] == [4.0, 6.0]
+    con.scriptexecute("test", "scaled", inputs=["a"], args=["3"], outputs=["c"])
+    assert con.tensorget("c", as_numpy=False)["values"] == [6.0, 9.0]
+    con.scriptexecute("test", "scaled", inputs=["a"], args=["10"], outputs=["c"])
+    assert con.tensorget("c", as_numpy=False)["values"] == [20.0, 30.0]
+    with pytest.raises(redis.ResponseError, match="not an entry point"):
+        con.scriptexecute("test", "nosuch", inputs=["a"], outputs=["c"])
+    with pytest.raises(ValueError, match="Missing required arguments"):
+        con.scriptexecute("test", None, inputs=["a"])  # type: ignore[arg-type]
+    assert con.scriptdel("test") == "OK"
+    with pytest.raises(redis.ResponseError, match="empty"):
+        con.scriptget("test")
+
+
+def test_dag_loads_runs_and_persists_like_redisai(
+    con: Client, start_workers: WorkerFactory
+) -> None:
+    start_workers(1)
+    con.modelstore("double", "ONNX", "CPU", scale_model(2.0, width=2))
+    con.tensorset("a", (2, 3, 2, 3), shape=(2, 2), dtype="float")
+    result = (con.dag(load="a").tensorset("b", (1, 1, 1, 1), shape=(2, 2), dtype="float")
+              .modelexecute("double", ["a"], ["output"]).tensorget("output").execute())
+    assert result[:2] == ["OK", "OK"]
+    np.testing.assert_array_equal(result[2], [[4.0, 6.0], [4.0, 6.0]])
+    assert not con.exists("output")  # not persisted
+    result = con.dag(load=["a"], persist=["output"]).modelexecute(
+        "double", ["a"], ["output"]).execute()
+    assert result == ["OK"]
+    np.testing.assert_array_equal(con.tensorget("output"), [[4.0, 6.0], [4.0, 6.0]])
+    with pytest.warns(DeprecationWarning):
+        con.dag()
+    with pytest.raises(RuntimeError):
+        con.dag(persist=["x"], readonly=True)
+    with pytest.raises(redis.ResponseError, match="not loaded"):
+        con.dag(load="a").tensorget("nowhere").execute()
