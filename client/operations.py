@@ -320,13 +320,23 @@ class Operations:
         """Store a new immutable version; identical content returns the existing one.
 
         Options: ``device``, ``format``, ``inputs``/``outputs`` (specs), ``batch``
-        (``(max_batch_size, max_queue_delay_us[, preferred sizes])``), ``tags``, ``extra``.
+        (``(max_batch_size, max_queue_delay_us[, preferred sizes])``), ``tags``, ``extra``,
+        and ``progress(sent_bytes, total_bytes)``, called as chunks are uploaded.
         """
         if not isinstance(backend, str) or not backend:
             raise ArgumentError(f"backend must be a name such as 'onnx', got {backend!r}")
+        progress = options.pop("progress", None)
+        if progress is not None and not callable(progress):
+            raise ArgumentError("progress must be a callable taking (sent_bytes, total_bytes)")
         reply: Any = None
+        sent, total = 0, len(data) if isinstance(data, bytes | bytearray) else 0
         for command in commands.modelstore(name, backend, data, **options):
             reply = yield command
+            if progress is not None and command.function == "MODELCHUNK":
+                sent += max((len(a) for a in command.args if isinstance(a, bytes)), default=0)
+                progress(min(sent, total), total)
+        if progress is not None:
+            progress(total, total)
         return StoredVersion(name, int(reply[0]), _text(reply[1]), bool(int(reply[2])))
 
     @operation

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from inferis.client import Client
+from inferis.client.protocol.defaults import CHUNK_SIZE
 from inferis.client.protocol.errors import ArgumentError
 
 from ..backends.savedmodel import pack_saved_model
@@ -98,12 +102,34 @@ def _store(client: Client, ns: argparse.Namespace) -> None:
     }
     # A directory is a TensorFlow SavedModel: packed into one deterministic tar.
     blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
-    if ns.no_inspect:
-        stored = client.modelstore(ns.name, ns.backend, blob, **options)
-    else:
-        stored = store_model(client, ns.name, ns.backend, blob, **options)
+    with _upload_progress(len(blob)) as progress:
+        options["progress"] = progress
+        if ns.no_inspect:
+            stored = client.modelstore(ns.name, ns.backend, blob, **options)
+        else:
+            stored = store_model(client, ns.name, ns.backend, blob, **options)
     state = "stored" if stored.created else "already stored"
     print(f"{stored.name} version {stored.version} {state} (sha256 {stored.digest})")
+
+
+@contextlib.contextmanager
+def _upload_progress(total: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr for uploads of more than one chunk, on a terminal."""
+    if total <= CHUNK_SIZE or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress("uploading", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("model", total=total)
+        yield lambda sent, _total: bar.update(task, completed=sent)
 
 
 def _stats(client: Client, names: list[str]) -> None:

@@ -120,3 +120,15 @@ def test_unsafe_formats_are_refused_by_workers(client: Client, workers) -> None:
     client.modelstore("pickled", "onnx", models.scale_model(2.0), format="pickle")
     with pytest.raises(UnsafeModelError, match="--trust-unsafe-formats"):
         client.predict("pickled", [np.ones((1, 3), np.float32)])
+
+
+def test_modelstore_reports_upload_progress_per_chunk(client) -> None:
+    blob = bytes(range(256)) * (40 * 1024 * 1024 // 256 + 7)  # 3 chunks of 16 MiB
+    seen: list[tuple[int, int]] = []
+    stored = client.modelstore("big", "onnx", blob, progress=lambda s, t: seen.append((s, t)))
+    assert stored.created
+    assert [t for _, t in seen] == [len(blob)] * len(seen)
+    sent = [s for s, _ in seen]
+    assert sent == sorted(sent) and sent[-1] == len(blob) and len(set(sent)) >= 3
+    with pytest.raises(ArgumentError, match="progress"):
+        client.modelstore("big", "onnx", blob, progress=5)
