@@ -32,6 +32,7 @@ from .protocol.errors import (
     PermissionDeniedError,
     RedisRefusedError,
     ReplicationError,
+    SignatureError,
     TensorError,
     UnsafeModelError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "Ref",
     "ReplicationError",
     "RunResult",
+    "SignatureError",
     "StoredVersion",
     "TensorError",
     "TensorSpec",

@@ -57,6 +57,12 @@ class WorkerConfig:
         4096, "refuse a model archive that unpacks to more (also bounded by 200x its size)"
     )
     max_archive_entries: int = _opt(100_000, "refuse a model archive with more entries")
+    trusted_keys: str = _opt(
+        "", "PEM file of ed25519 public keys: signed models must be signed by one of them"
+    )
+    require_signatures: bool = _opt(
+        False, "refuse models that are not signed by a trusted key", action="store_true"
+    )
     drift_window_s: int = _opt(
         60, "length of the time windows drift histograms are kept in (seconds)"
     )
@@ -74,7 +80,21 @@ class WorkerConfig:
             extra=_pairs(self.backend_option),
             max_unpacked_bytes=self.max_unpacked_mb * 1024 * 1024,
             max_archive_entries=self.max_archive_entries,
+            trusted_keys=self._trusted_keys(),
+            require_signatures=self.require_signatures,
         )
+
+    def _trusted_keys(self) -> tuple[bytes, ...]:
+        if not self.trusted_keys:
+            if self.require_signatures:
+                raise ConfigError("--require-signatures needs --trusted-keys FILE")
+            return ()
+        from inferis.client import signing
+
+        try:
+            return tuple(signing.public_keys(self.trusted_keys))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--trusted-keys: {exc}") from None
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace, **overrides: Any) -> WorkerConfig:

@@ -491,6 +491,18 @@ local function modelstore(keys, args)
       if #sizes == 0 then fail('EARGS', 'PREFERRED takes sizes like 8,16,32') end
       m.batching.preferred_batch_sizes = sizes
       i = i + 2
+    elseif u == 'SIGNATURE' then
+      local sig = args[i + 1] or ''
+      if #sig ~= 128 or not string.match(sig, '^%x+$') then
+        fail('EARGS', 'SIGNATURE must be an ed25519 signature as 128 hex characters')
+      end
+      m.signature = string.lower(sig); i = i + 2
+    elseif u == 'SIGNER' then
+      local signer = args[i + 1] or ''
+      if #signer == 0 or #signer > 64 or not string.match(signer, '^[%w_.%-]+$') then
+        fail('EARGS', 'SIGNER must be 1-64 characters of letters, digits, _ . -')
+      end
+      m.signer = signer; i = i + 2
     elseif u == 'META' then
       local ok, decoded = pcall(cjson.decode, args[i + 1] or '')
       if not ok or type(decoded) ~= 'table' then fail('EARGS', 'META must be a JSON object') end
@@ -537,7 +549,8 @@ local function modelstore(keys, args)
     'name', name, 'version', version, 'digest', digest, 'backend', m.backend,
     'format', m.format, 'device', m.device, 'inputs', json_list(m.inputs),
     'outputs', json_list(m.outputs), 'batching', json_map(m.batching), 'tags', json_map(m.tags),
-    'extra', m.extra, 'created_ms', now_ms(), 'size', size, 'chunks', chunks)
+    'extra', m.extra, 'created_ms', now_ms(), 'size', size, 'chunks', chunks,
+    'signature', m.signature or '', 'signer', m.signer or '')
   redis.call('HSET', base .. ':digests', digest, version)
   redis.call('ZADD', base .. ':versions', version, version)
   redis.call('SET', base .. ':latest', version)

@@ -86,8 +86,10 @@ def modelstore(
     tags: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
     chunk_size: int = CHUNK_SIZE,
+    signing_key: Any = None,
 ) -> list[Command]:
-    """The commands that store one version: chunk uploads, then the commit."""
+    """The commands that store one version: chunk uploads, then the commit.
+    ``signing_key`` (an ed25519 private key, its PEM, or a path): sign it."""
     if not isinstance(name, str) or not keys.is_model_name(name):
         raise ArgumentError(f"model name {name!r} must be 1-128 of letters, digits, _ . -")
     if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -118,6 +120,11 @@ def modelstore(
         if not isinstance(extra, Mapping):
             raise ArgumentError(f"extra must be a mapping, got {type(extra).__name__}")
         args += ["META", json.dumps(dict(extra))]
+    if signing_key is not None:
+        from .. import signing
+
+        signature, signer = signing.sign(signing_key, digest, backend, format)
+        args += ["SIGNATURE", signature, "SIGNER", signer]
     commands: list[Command] = []
     if len(blob) <= chunk_size:
         args += ["BLOB", blob]

@@ -46,6 +46,12 @@ class UnsafeModelError(InferisError):
     code = "EUNSAFE"
 
 
+class SignatureError(InferisError):
+    """The worker's policy refuses this version: unsigned, or not signed by a trusted key."""
+
+    code = "ESIGNATURE"
+
+
 class BackendUnavailableError(InferisError):
     code = "ENOBACKEND"
 
@@ -133,6 +139,7 @@ _BY_CODE: dict[str, type[InferisError]] = {
         InputError,
         DigestError,
         UnsafeModelError,
+        SignatureError,
         BackendUnavailableError,
         BackendError,
         DeadlineExceeded,

@@ -116,6 +116,8 @@ class ModelInfo:
     created_ms: int = 0
     size: int = 0
     chunks: int = 1
+    signature: str = ""  # ed25519 over client/signing.py's message, hex; "" unsigned
+    signer: str = ""  # the signing key's id
 
     @property
     def label(self) -> str:
@@ -143,6 +145,8 @@ class ModelInfo:
             created_ms=int(f.get("created_ms", 0)),
             size=int(f.get("size", 0)),
             chunks=int(f.get("chunks", 1)),
+            signature=f.get("signature", ""),
+            signer=f.get("signer", ""),
         )
         return info, blob
 
@@ -160,6 +164,7 @@ class ModelInfo:
             },
             "tags": self.tags, "extra": self.extra, "created_ms": self.created_ms,
             "size": self.size, "chunks": self.chunks,
+            "signature": self.signature, "signer": self.signer,
         }
 
 

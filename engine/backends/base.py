@@ -44,6 +44,10 @@ class BackendOptions:
     # What one model archive may unpack to (archives.py also bounds it by the blob).
     max_unpacked_bytes: int = 4096 * 1024 * 1024
     max_archive_entries: int = 100_000
+    # Signed models (client/signing.py): raw ed25519 public keys a signature must be
+    # made by, and whether an unsigned version is refused.
+    trusted_keys: tuple[bytes, ...] = ()
+    require_signatures: bool = False
 
 
 class RunTimeout(BackendError):

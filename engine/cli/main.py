@@ -16,7 +16,7 @@ import redis
 from inferis.client.protocol.errors import InferisError
 
 from ..config import ConfigError
-from . import models, serve
+from . import keys, models, serve
 
 log = logging.getLogger("inferis")
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_commands(sub, common)
     models.add_commands(sub, common)
+    keys.add_commands(sub, common)
     return parser
 
 

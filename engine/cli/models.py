@@ -37,6 +37,8 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     store.add_argument("--meta", default="", help="extra metadata as a JSON object")
     store.add_argument("--batch", default="", metavar="MAX,DELAY_US[,PREFERRED...]",
                        help="dynamic batching, e.g. 64,500 or 64,500,16,32")
+    store.add_argument("--sign", type=Path, default=None, metavar="KEY.pem",
+                       help="sign the version with this ed25519 private key")
     store.add_argument("--no-inspect", action="store_true",
                        help="do not load the model here to record its signature")
     msub.add_parser("list", parents=[common], help="list model names")
@@ -100,6 +102,8 @@ def _store(client: Client, ns: argparse.Namespace) -> None:
         "outputs": [_spec(text) for text in ns.output],
         "extra": _meta(ns.meta),
     }
+    if ns.sign is not None:
+        options["signing_key"] = ns.sign
     # A directory is a TensorFlow SavedModel: packed into one deterministic tar.
     blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
     with _upload_progress(len(blob)) as progress:

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import redis
 
+from inferis.client import signing
 from inferis.client.protocol import keys
 from inferis.client.protocol.errors import (
     BackendError,
     DigestError,
     InferisError,
+    SignatureError,
     UnsafeModelError,
 )
 from inferis.client.protocol.models import ModelInfo
@@ -74,6 +76,22 @@ def fetch_blob(conn: redis.Redis, info: ModelInfo) -> bytes:
     return blob
 
 
+def refuse_unsigned(info: ModelInfo, options: BackendOptions) -> None:
+    """The worker's signature policy: a signature present is checked against the
+    trusted keys (when there are any); with ``require_signatures`` one must be."""
+    if not info.signature:
+        if options.require_signatures:
+            raise SignatureError(f"{info.label} is not signed; this worker loads only models "
+                                 "signed by a trusted key (--require-signatures)")
+        return
+    if not options.trusted_keys:
+        return  # nothing to check it against: the policy is off
+    if not signing.verify(options.trusted_keys, info.signature, info.digest, info.backend,
+                          info.format):
+        raise SignatureError(f"{info.label}'s signature (signer {info.signer or '?'}) is not "
+                             "valid for its content by any trusted key; refusing to load it")
+
+
 def refuse_unsafe(info: ModelInfo, options: BackendOptions) -> None:
     if info.format in UNSAFE_FORMATS and not options.trust_unsafe_formats:
         raise UnsafeModelError(
@@ -104,6 +122,7 @@ def load_backend_model(
     """Check, fetch and load ``info``: in this process, or in ``runner``'s child
     process (under ``key``) where a run past its timeout can be cut off."""
     refuse_unsafe(info, options)
+    refuse_unsigned(info, options)
     if runner is None:
         get_backend(info.backend)  # ENOBACKEND before fetching a blob it cannot load
     else:

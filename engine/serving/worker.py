@@ -86,8 +86,9 @@ class Worker:
         self._lifecycle: Lifecycle | None = None
         self._next_alias_look = 0.0
         self._behind = False  # the last batch was full: requests are waiting
+        self._options = config.backend_options()  # a bad --trusted-keys fails here, at start
         self._runner = (
-            IsolatedRunner(config.backend_options(), config.run_timeout_ms)
+            IsolatedRunner(self._options, config.run_timeout_ms)
             if config.isolate_backends else None
         )
         self._lanes: dict[int, Lane] = {}
@@ -178,7 +179,7 @@ class Worker:
         self.assign_partitions()
         if self._cache is None:
             self._cache = ModelCache(
-                conn, self.config.backend_options(), self.config.max_models, self._runner
+                conn, self._options, self.config.max_models, self._runner
             )
             self._cache.on_load = settle_heap
         else:
