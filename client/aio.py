@@ -391,6 +391,8 @@ class AsyncClient(Operations):
                 )
                 if must_resend(replies[-1], self.cluster):
                     raise redis.ConnectionError("the reply stream's slot moved")
+                if isinstance(replies[-1], Exception):  # e.g. NOPERM on the reply stream
+                    raise replies[-1]
                 backoff.reset()
             except (*_DOWN, redis.RedisError):
                 # Redis restarted or failed over: keep waiting; the reply streams

@@ -526,8 +526,8 @@ class Operations:
         (0: no bound), on every partition of this client."""
         _check_int("depth", depth, 0)
         for partition in self.partitions:
-            config = keys.partition_config(partition)
-            yield Call(("HSET", config, "max_queue", depth), True, route=config)
+            limits = keys.partition_limits(partition)
+            yield Call(("HSET", limits, "max_queue", depth), True, route=limits)
 
     def key_for(self, routing_key: str, name: str) -> str:
         """A key for a tensor you store to pass by key later, next to the runs that

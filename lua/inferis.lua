@@ -107,6 +107,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A model Function's KEYS[1] is the model's key base, inferis:{<name>} (so ACL key
+-- patterns such as %R~inferis:{*}* can grant it), or the bare name (older
+-- clients, redis-cli): both hash to the slot of <name>.
+local function model_name(key)
+  if type(key) ~= 'string' then return key end
+  return string.match(key, '^inferis:{([^{}]+)}$') or key
+end
+
 local function check_name(name)
   if type(name) ~= 'string' or #name == 0 or #name > 128 or not string.match(name, '^[%w][%w_.%-]*$') then
     fail('EARGS', 'model name must be 1-128 characters of letters, digits, _ . - (got ' .. tostring(name) .. ')')
@@ -431,7 +439,7 @@ end
 
 -- MODELCHUNK name DIGEST hex INDEX i BLOB bytes: stage one chunk of a large blob.
 local function modelchunk(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local digest, index, blob
   local i = 1
@@ -458,7 +466,7 @@ end
 --   [META json]
 --   (BLOB bytes | CHUNKS n)
 local function modelstore(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local m = {backend = nil, format = '', device = 'CPU', inputs = {}, outputs = {}, tags = {},
              batching = {}, extra = '{}'}
@@ -560,7 +568,7 @@ end
 
 -- MODELGET name [VERSION v] [META] [BLOB] [VERSIONS]
 local function modelget(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name)
   local v, want_blob, want_list = nil, false, false
@@ -625,7 +633,7 @@ end
 -- MODELDEL name [VERSION v]: one version, or every version of the name.
 -- Version numbers are never reused, so a number always means one content.
 local function modeldel(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name)
   may('delete the blob and metadata', 'DEL', base .. ':v:1')
@@ -810,7 +818,7 @@ end
 -- and warmed (reply {'pending', epoch}), or at once when none is live, with
 -- NOWARM, or when only the shadow or guard changes ({'active', epoch}).
 local function modelalias(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name)
   local op, alias = upper(args[1]), args[2]
@@ -885,7 +893,7 @@ end
 -- MODELALIASGET name [alias] | name HISTORY [count]: one alias's record (a flat
 -- field/value list), every alias (alias, record, ...), or the audit, newest first.
 local function modelaliasget(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name)
   if upper(args[1]) == 'HISTORY' then
@@ -936,7 +944,7 @@ end
 -- a worker's counters since its last flush (per version and per model), its
 -- heartbeat for the model, then the model's canary guards and pending swaps.
 local function workerstats(keys, args)
-  local name, consumer = keys[1], args[1]
+  local name, consumer = model_name(keys[1]), args[1]
   check_name(name)
   local base = model_base(name)
   local now = now_ms()
@@ -973,7 +981,7 @@ end
 -- _INFERIS_WARMED name consumer version...: this worker has them loaded and
 -- warmed; commits every pending change of the model that is warm everywhere now.
 local function warmed(keys, args)
-  local name, consumer = keys[1], args[1]
+  local name, consumer = model_name(keys[1]), args[1]
   check_name(name)
   local base = model_base(name)
   local now = now_ms()
@@ -989,7 +997,7 @@ end
 -- _INFERIS_LOG name ttl_ms [rid version kind pred proba]...: the prediction log
 -- feedback joins to (proba: the probabilities as text, or '').
 local function predlog(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name)
   local ttl = to_int(args[1], 'ttl', 1, MAX_TTL_MS)
@@ -1009,7 +1017,7 @@ end
 -- answered it. Returns {status, version}: joined, repeated (nothing changes),
 -- or unknown (not in the log: never logged, or expired).
 local function modelfeedback(keys, args)
-  local name, rid, truth = keys[1], args[1], tonumber(args[2])
+  local name, rid, truth = model_name(keys[1]), args[1], tonumber(args[2])
   check_name(name)
   if type(rid) ~= 'string' or #rid == 0 or #rid > 128 then fail('EARGS', 'MODELFEEDBACK needs a request id') end
   if not truth or truth ~= truth or truth == math.huge or truth == -math.huge then
@@ -1057,7 +1065,7 @@ end
 -- ...), the feedback counts, and shadow agreement per pair ('primary:shadow',
 -- counters, ...), for ranking (client/quality.py).
 local function modelquality(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name)
   local out = {}
@@ -1078,7 +1086,7 @@ end
 -- shadow version with the primary, per pair (max_diff: the largest absolute
 -- difference of their outputs).
 local function shadowed(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local pair = tostring(to_int(args[1], 'primary', 1)) .. ':' .. tostring(to_int(args[2], 'shadow', 1))
   local key = model_base(name) .. ':shadow:' .. pair
@@ -1100,7 +1108,7 @@ end
 -- _INFERIS_EDGES name version [column lo hi]...: propose edges; returns the
 -- edges that hold (the first proposal of each column wins, on every worker).
 local function driftedges(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local key = model_base(name) .. ':drift:' .. tostring(to_int(args[1], 'version', 1)) .. ':edges'
   local i = 2
@@ -1115,7 +1123,7 @@ end
 -- add a worker's counts to a window; the first window of a version is its
 -- reference; windows before keep_from are forgotten.
 local function driftcounts(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local v = tostring(to_int(args[1], 'version', 1))
   local window = to_int(args[2], 'window', 0)
@@ -1143,7 +1151,7 @@ end
 -- and current window ids (default: the version's first and its latest), their
 -- counts, and the window ids kept.
 local function modeldrift(keys, args)
-  local name = keys[1]
+  local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name) .. ':drift:' .. tostring(to_int(args[1], 'version', 1))
   local ref = redis.call('GET', base .. ':ref')
@@ -1190,7 +1198,11 @@ local function admit(stream, config, n)
   may('count the queue', 'HINCRBY', config, 'queued', '1')
   may('enqueue', 'XADD', stream, '*', 'f', 'v')
   local cfg = redis.call('HMGET', config, 'max_queue', 'queued')
-  local max_queue = tonumber(cfg[1] or '0') or 0
+  -- The bound lives in :limits, which callers may read but only operators write
+  -- (callers must be able to write :config, for the count); :config's own
+  -- max_queue is still honoured where :limits has none.
+  local limit = redis.call('HGET', request_base(stream) .. ':limits', 'max_queue')
+  local max_queue = tonumber(limit or cfg[1] or '0') or 0
   local queued = tonumber(cfg[2] or '0') or 0
   if queued ~= 0 and redis.call('XLEN', stream) == 0 then
     queued = 0  -- nothing is left in the stream: whatever the count says, nothing is queued

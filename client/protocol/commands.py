@@ -33,7 +33,10 @@ class Command:
     args: list[Any]
 
     def as_args(self) -> list[Any]:
-        return ["FCALL", self.function, len(self.keys), *self.keys, *self.args]
+        # FCALL_RO for the no-writes Functions: it needs only read access to KEYS
+        # (an ACL %R~ pattern), and may go to a replica.
+        call = "FCALL" if self.writes else "FCALL_RO"
+        return [call, self.function, len(self.keys), *self.keys, *self.args]
 
     @property
     def writes(self) -> bool:
@@ -134,10 +137,11 @@ def modelstore(
         for index, start in enumerate(starts):
             chunk = bytes(view[start : start + chunk_size])
             commands.append(
-                Command("MODELCHUNK", [name], ["DIGEST", digest, "INDEX", index, "BLOB", chunk])
+                Command("MODELCHUNK", [keys.model_base(name)],
+                        ["DIGEST", digest, "INDEX", index, "BLOB", chunk])
             )
         args += ["CHUNKS", len(starts)]
-    commands.append(Command("MODELSTORE", [name], args))
+    commands.append(Command("MODELSTORE", [keys.model_base(name)], args))
     return commands
 
 
@@ -147,15 +151,16 @@ def modelget(name: str, version: int | str | None = None, *, blob: bool = False)
         args += ["VERSION", str(version)]
     if blob:
         args.append("BLOB")
-    return Command("MODELGET", [name], args)
+    return Command("MODELGET", [keys.model_base(name)], args)
 
 
 def modelversions(name: str) -> Command:
-    return Command("MODELGET", [name], ["VERSIONS"])
+    return Command("MODELGET", [keys.model_base(name)], ["VERSIONS"])
 
 
 def modeldel(name: str, version: int | str | None = None) -> Command:
-    return Command("MODELDEL", [name], [] if version is None else ["VERSION", str(version)])
+    return Command("MODELDEL", [keys.model_base(name)],
+                   [] if version is None else ["VERSION", str(version)])
 
 
 def alias_set(name: str, alias: str, spec: str, *, shadow: int = 0, shadow_ppm: int = 0,
@@ -172,31 +177,32 @@ def alias_set(name: str, alias: str, spec: str, *, shadow: int = 0, shadow_ppm: 
         args += ["BY", by]
     if not warm:
         args.append("NOWARM")
-    return Command("MODELALIAS", [name], args)
+    return Command("MODELALIAS", [keys.model_base(name)], args)
 
 
 def alias_commit(name: str, alias: str) -> Command:
-    return Command("MODELALIAS", [name], ["COMMIT", alias])
+    return Command("MODELALIAS", [keys.model_base(name)], ["COMMIT", alias])
 
 
 def alias_del(name: str, alias: str, by: str = "") -> Command:
-    return Command("MODELALIAS", [name], ["DEL", alias, *(["BY", by] if by else [])])
+    return Command("MODELALIAS", [keys.model_base(name)],
+                   ["DEL", alias, *(["BY", by] if by else [])])
 
 
 def alias_get(name: str, alias: str | None = None) -> Command:
-    return Command("MODELALIASGET", [name], [alias] if alias else [])
+    return Command("MODELALIASGET", [keys.model_base(name)], [alias] if alias else [])
 
 
 def alias_history(name: str, count: int = 100) -> Command:
-    return Command("MODELALIASGET", [name], ["HISTORY", count])
+    return Command("MODELALIASGET", [keys.model_base(name)], ["HISTORY", count])
 
 
 def feedback(name: str, rid: str, truth: float) -> Command:
-    return Command("MODELFEEDBACK", [name], [rid, repr(float(truth))])
+    return Command("MODELFEEDBACK", [keys.model_base(name)], [rid, repr(float(truth))])
 
 
 def quality(name: str) -> Command:
-    return Command("MODELQUALITY", [name], [])
+    return Command("MODELQUALITY", [keys.model_base(name)], [])
 
 
 def drift(name: str, version: int, reference: int | None = None,
@@ -206,7 +212,7 @@ def drift(name: str, version: int, reference: int | None = None,
         args += ["REF", reference]
     if current is not None:
         args += ["CUR", current]
-    return Command("MODELDRIFT", [name], args)
+    return Command("MODELDRIFT", [keys.model_base(name)], args)
 
 
 # ---------------------------------------------------------------- worker-internal
@@ -214,33 +220,34 @@ def drift(name: str, version: int, reference: int | None = None,
 
 def worker_stats(model: str, consumer: str, counts: Sequence[Any]) -> Command:
     """counts: (version, requests, errors, run_us, queue_us) flattened."""
-    return Command("_INFERIS_STATS", [model], [consumer, *counts])
+    return Command("_INFERIS_STATS", [keys.model_base(model)], [consumer, *counts])
 
 
 def warmed(model: str, consumer: str, versions: Sequence[int]) -> Command:
-    return Command("_INFERIS_WARMED", [model], [consumer, *versions])
+    return Command("_INFERIS_WARMED", [keys.model_base(model)], [consumer, *versions])
 
 
 def log_predictions(model: str, ttl_ms: int, records: Sequence[Any]) -> Command:
     """records: (rid, version, kind, pred, proba) flattened."""
-    return Command("_INFERIS_LOG", [model], [ttl_ms, *records])
+    return Command("_INFERIS_LOG", [keys.model_base(model)], [ttl_ms, *records])
 
 
 def shadow_agreement(model: str, primary: int, shadow: int, compared: int, agreed: int,
                      max_diff: float) -> Command:
-    return Command("_INFERIS_SHADOW", [model],
+    return Command("_INFERIS_SHADOW", [keys.model_base(model)],
                    [primary, shadow, compared, agreed, f"{max_diff:.9g}"])
 
 
 def drift_edges(model: str, version: int, proposals: Sequence[Any]) -> Command:
     """proposals: (column, lo, hi) flattened."""
-    return Command("_INFERIS_EDGES", [model], [version, *proposals])
+    return Command("_INFERIS_EDGES", [keys.model_base(model)], [version, *proposals])
 
 
 def drift_counts(model: str, version: int, window: int, ttl_ms: int, keep_from: int,
                  counts: Sequence[Any]) -> Command:
     """counts: (column, comma-separated bin counts) flattened."""
-    return Command("_INFERIS_DRIFT", [model], [version, window, ttl_ms, keep_from, *counts])
+    return Command("_INFERIS_DRIFT", [keys.model_base(model)],
+                   [version, window, ttl_ms, keep_from, *counts])
 
 
 def library_version() -> Command:

@@ -88,8 +88,13 @@ def deadletter_stream(partition: int = 0) -> str:
 
 
 def partition_config(partition: int = 0) -> str:
-    """Hash: ``max_queue`` (set by the operator) and ``queued`` (kept by the Functions)."""
+    """Hash: ``queued`` (kept by the Functions; callers' runs write it)."""
     return f"{partition_tag(partition)}:config"
+
+
+def partition_limits(partition: int = 0) -> str:
+    """Hash: ``max_queue``, set by the operator; callers only read it."""
+    return f"{partition_tag(partition)}:limits"
 
 
 def reply_stream(partition: int, client_id: str) -> str:
@@ -121,6 +126,12 @@ def deadletter_of(stream: str) -> str:
 
 
 # ---------------------------------------------------------------- model keys
+
+
+def model_base(name: str) -> str:
+    """What model Functions take as KEYS[1]: ``inferis:{<name>}``, so ACL key patterns
+    (``%R~inferis:{*}*``) can grant them, in the slot of every key of the model."""
+    return f"inferis:{{{name}}}"
 
 
 def model_key(name: str, part: str) -> str:

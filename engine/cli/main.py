@@ -16,7 +16,7 @@ import redis
 from inferis.client.protocol.errors import InferisError
 
 from ..config import ConfigError
-from . import keys, models, serve
+from . import acl, keys, models, serve
 
 log = logging.getLogger("inferis")
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub, common)
     models.add_commands(sub, common)
     keys.add_commands(sub, common)
+    acl.add_commands(sub, common)
     return parser
 
 

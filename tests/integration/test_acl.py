@@ -1,0 +1,123 @@
+"""ACL roles with real Redis ACL users (``inferis acl``): each role does its job,
+and gets ENOPERM/NOPERM for the rest, nothing half-written."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from inferis.client import Client, PermissionDeniedError
+from inferis.engine import acl
+from inferis.engine.local.embedded import EmbeddedRedis
+from inferis.engine.local.supervisor import WorkerPool
+
+from ..models import IrisModel
+
+PASSWORD = "pw-{role}-0123456789"
+
+
+def url_of(server: EmbeddedRedis, role: str) -> str:
+    return f"redis://{role}:{PASSWORD.format(role=role)}@127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def roles(redis_server: EmbeddedRedis, r: redis.Redis) -> dict[str, str]:
+    for role in acl.ROLES:
+        r.execute_command(*acl.setuser(role, role, PASSWORD.format(role=role),
+                                       prefix="app:" if role == "client" else ""))
+    return {role: url_of(redis_server, role) for role in acl.ROLES}
+
+
+def denied(call) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises((PermissionDeniedError, redis.exceptions.NoPermissionError)):
+        call()
+
+
+def test_every_role_does_its_job_and_nothing_else(
+    redis_server: EmbeddedRedis, r: redis.Redis, roles: dict[str, str], iris: IrisModel
+) -> None:
+    pool = WorkerPool(roles["worker"], 1, ["--log-level", "WARNING"])
+    pool.start()
+    try:
+        with Client(roles["admin"]) as admin, Client(roles["client"]) as client, \
+                Client(roles["feedback"], timeout_ms=20_000) as feedback:
+            # admin: models and aliases, not runs or tensors
+            admin.modelstore("iris", "onnx", iris.blob)
+            admin.alias_set("iris", "production", 1, warm=False)
+            admin.set_max_queue(1000)
+            denied(lambda: admin.predict("iris", {"X": iris.features[:1]}))
+            denied(lambda: admin.tensorset("{inferis:0}:app:x", iris.features[:1]))
+
+            # client: runs, reads models, tensors under its prefix only
+            deadline = time.monotonic() + 30
+            while True:  # the worker (as the worker role) joins and serves
+                try:
+                    result = client.run("iris", {"X": iris.features[:2]}, version="production")
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            result.raise_for_error()
+            np.testing.assert_array_equal(result.outputs["label"],
+                                          iris.forest.predict(iris.features[:2]))
+            key = client.key_for("app:42", "features")
+            client.tensorset(key, iris.features[:1])
+            assert client.predict("iris", {"X": client_ref(key)})["label"].shape == (1,)
+            assert client.modelget("iris").version == 1 and client.modellist() == ["iris"]
+            denied(lambda: client.tensorset("{inferis:0}:other:x", iris.features[:1]))
+            denied(lambda: client.modelstore("evil", "onnx", iris.blob))
+            denied(lambda: client.modeldel("iris"))
+            denied(lambda: client.alias_set("iris", "production", 1))
+            denied(lambda: client.set_max_queue(1))
+            denied(lambda: client.feedback("iris", result.rid, 0.0))
+            assert not r.exists("inferis:{evil}:latest")  # nothing half-written
+
+            # feedback: joins truth, reads quality, nothing else
+            assert feedback.feedback("iris", result.rid, 0.0)[0] in ("joined", "unknown")
+            assert 1 in feedback.quality("iris")
+            denied(lambda: feedback.modelstore("evil", "onnx", iris.blob))
+            denied(lambda: feedback.predict("iris", {"X": iris.features[:1]}))
+            denied(lambda: feedback.alias_set("iris", "production", 1))
+
+            admin.alias_del("iris", "production")
+            assert admin.modeldel("iris") == 1
+        # no role may do what no role needs
+        for url in roles.values():
+            conn = redis.Redis.from_url(url)
+            for command in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"),
+                            ("FUNCTION", "DELETE", "inferis"), ("ACL", "SETUSER", "x"),
+                            ("CLIENT", "KILL", "ID", "1")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    conn.execute_command(*command)
+            conn.close()
+        assert pool.processes[0].poll() is None  # the worker role kept working
+    finally:
+        pool.stop()
+
+
+def client_ref(key: str):  # type: ignore[no-untyped-def]
+    from inferis.client import Ref
+
+    return Ref(key)
+
+
+def test_acl_command_prints_and_applies(redis_server: EmbeddedRedis, r: redis.Redis) -> None:
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "inferis.engine", "acl"]
+    printed = subprocess.run([*base, "client", "--user", "app", "--password", "pw",
+                              "--prefix", "app:"], capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0 and printed.stdout.startswith("ACL SETUSER app reset on >pw")
+    assert "~{inferis:*}:app:*" in printed.stdout
+    applied = subprocess.run([*base, "admin", "--user", "ops", "--password", "pw2", "--apply",
+                              "--redis", redis_server.url], capture_output=True, text=True,
+                             timeout=60)
+    assert applied.returncode == 0, applied.stderr
+    assert b"ops" in r.execute_command("ACL", "USERS")
+    bad = subprocess.run([*base, "nosuch", "--user", "x", "--password", "y"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
