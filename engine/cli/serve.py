@@ -17,6 +17,7 @@ from ..config import ConfigError, WorkerConfig, add_worker_arguments, worker_arg
 from ..local.cluster import LocalCluster
 from ..local.embedded import EmbeddedRedis, data_dir_password
 from ..local.supervisor import WorkerPool
+from ..local.tls import make_certificates
 from ..serving.worker import Worker
 
 
@@ -36,6 +37,11 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                          "time) instead of one Redis, --workers workers beside each primary")
     up.add_argument("--replicas", type=int, default=1, metavar="R",
                     help="replicas per primary with --cluster")
+    up.add_argument("--tls", action="store_true",
+                    help="TLS only (the plain port off): a local CA and certificates are made "
+                         "in <data-dir>/tls and the printed rediss:// URL trusts them")
+    up.add_argument("--mutual-tls", action="store_true",
+                    help="with --tls, clients must show a certificate of that CA too")
     up.add_argument("--no-password", action="store_true",
                     help="start the private Redis without a password (default: one is made "
                          "and kept in the data directory)")
@@ -102,14 +108,19 @@ def running(
     appendfsync: str = "everysec",
     metrics_base_port: int = 0,
     password: bool = True,
+    tls: bool = False,
+    mutual_tls: bool = False,
 ) -> Iterator[tuple[str, list[WorkerPool]]]:
     """Redis (private unless a URL is given) plus workers; everything stops on exit.
-    The private Redis has a password unless ``password`` is False."""
+    The private Redis has a password unless ``password`` is False, and speaks only
+    TLS with ``tls`` (certificates made once in ``<data_dir>/tls``)."""
     server = None
     if redis_url is None:
         server = EmbeddedRedis(
             data_dir, port=port or None, appendfsync=appendfsync,
             password=data_dir_password(data_dir) if password else None,
+            tls=make_certificates(Path(data_dir) / "tls") if tls else None,
+            mutual_tls=mutual_tls,
         )
         redis_url = server.start()
     pool = WorkerPool(redis_url, workers, worker_args, metrics_base_port)
@@ -169,9 +180,14 @@ def cmd_up(ns: argparse.Namespace) -> int:
         )
         shape = f"{ns.cluster} primaries x {ns.replicas} replicas, {ns.workers} workers each"
     else:
+        if ns.mutual_tls and not ns.tls:
+            raise ConfigError("--mutual-tls goes with --tls")
+        if ns.tls and ns.redis:
+            raise ConfigError("--tls sets up the private Redis: give your own as a rediss:// "
+                              "--redis URL instead")
         started = running(
             ns.redis, ns.workers, _child_argv(ns), Path(ns.data_dir), ns.port, ns.appendfsync,
-            ns.metrics_port, password=not ns.no_password,
+            ns.metrics_port, password=not ns.no_password, tls=ns.tls, mutual_tls=ns.mutual_tls,
         )
         shape = f"{ns.workers} workers"
     with started as (url, pools):

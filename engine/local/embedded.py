@@ -15,6 +15,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .tls import TlsFiles
+
 
 class RedisServerError(RuntimeError):
     pass
@@ -69,9 +71,14 @@ class EmbeddedRedis:
         appendfsync: str = "everysec",
         extra_config: dict[str, str] | None = None,
         password: str | None = None,
+        tls: TlsFiles | None = None,
+        mutual_tls: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.password = password
+        # With TLS the plain port is off: only TLS connections reach this Redis.
+        self.tls = tls
+        self.mutual_tls = mutual_tls
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
@@ -81,6 +88,8 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?{self.tls.query(self.mutual_tls)}"
         return f"redis://{auth}127.0.0.1:{self.port}"
 
     @property
@@ -103,11 +112,29 @@ class EmbeddedRedis:
             # for more replicas first, and writes under WAIT stall that long.
             "repl-diskless-sync-delay": "0",
             **({"requirepass": self.password} if self.password else {}),
+            **(self._tls_config() if self.tls is not None else {}),
             **self.extra_config,
         }
         path = self.data_dir / "redis.conf"
         path.write_text("".join(f"{k} {v}\n" for k, v in config.items()))
         return path
+
+    def _tls_config(self) -> dict[str, str]:
+        assert self.tls is not None
+        return {
+            "port": "0", "tls-port": str(self.port),
+            "tls-cert-file": str(self.tls.server_cert), "tls-key-file": str(self.tls.server_key),
+            "tls-ca-cert-file": str(self.tls.ca),
+            "tls-auth-clients": "yes" if self.mutual_tls else "no",
+            "tls-replication": "yes",
+        }
+
+    def probe(self) -> redis.Redis:
+        """A client that fails at once instead of retrying: we poll it ourselves."""
+        if self.tls is None:
+            return _probe(self.port, self.password)
+        return redis.Redis.from_url(self.url, socket_connect_timeout=0.5,
+                                    retry=Retry(NoBackoff(), 0))
 
     def start(self, timeout_s: float = 10.0) -> str:
         config = self._write_config()
@@ -121,7 +148,7 @@ class EmbeddedRedis:
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
-        client = _probe(self.port, self.password)
+        client = self.probe()
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -155,7 +182,7 @@ class EmbeddedRedis:
         if self.process is None or self.process.poll() is not None:
             return
         try:
-            _probe(self.port, self.password).shutdown()
+            self.probe().shutdown()
         except redis.ConnectionError:
             pass  # the expected end of SHUTDOWN
         except redis.ResponseError:
