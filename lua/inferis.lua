@@ -1201,7 +1201,10 @@ local function admit(stream, config, n)
   -- The bound lives in :limits, which callers may read but only operators write
   -- (callers must be able to write :config, for the count); :config's own
   -- max_queue is still honoured where :limits has none.
-  local limit = redis.call('HGET', request_base(stream) .. ':limits', 'max_queue')
+  -- pcall: :limits is not among the call's KEYS, and while its slot migrates a key
+  -- absent here cannot be read; the call goes on with :config's bound then.
+  local limit = redis.pcall('HGET', request_base(stream) .. ':limits', 'max_queue')
+  if type(limit) ~= 'string' then limit = nil end
   local max_queue = tonumber(limit or cfg[1] or '0') or 0
   local queued = tonumber(cfg[2] or '0') or 0
   if queued ~= 0 and redis.call('XLEN', stream) == 0 then

@@ -34,6 +34,7 @@ class Tally:
     # (monotonic start, latency) of every answered request, to split by fault windows
     samples: list[tuple[float, float]] = field(default_factory=list)
     duplicates: int = 0
+    messages: list[str] = field(default_factory=list)  # the first few errors, verbatim
 
     @property
     def answered(self) -> int:
@@ -100,6 +101,8 @@ async def drive(
                 continue
             except InferisError as exc:
                 tally.errors[exc.code] += 1
+                if len(tally.messages) < 5:
+                    tally.messages.append(f"{exc.code} {exc.message}")
                 continue
             except (RedisError, OSError) as exc:  # Redis unreachable past the retry window
                 tally.errors[type(exc).__name__] += 1

@@ -34,7 +34,7 @@ async def test_resharding_under_load_is_invisible_to_callers(tmp_path: Path, iri
     result = await scenarios.cluster_reshard(tmp_path, iris)
     assert result.faults["reshard"] == 2
     _accounted(result)
-    assert result.tally.correct == result.tally.sent  # no error at all
+    assert result.tally.correct == result.tally.sent, result.tally.messages  # no error at all
 
 
 async def test_nodes_added_and_removed_under_load(tmp_path: Path, iris) -> None:
