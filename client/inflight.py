@@ -23,8 +23,11 @@ Resolver = Callable[[RunResult], None]
 class RequestIds:
     """Request ids unique per client: ``<client id>.<counter>``."""
 
-    def __init__(self) -> None:
-        self.client_id = os.urandom(6).hex()
+    def __init__(self, caller: str = "") -> None:
+        # <caller>-<random>: the Functions count queued requests per caller (and an
+        # ACL pattern on reply streams can pin a user to its caller name).
+        random_part = os.urandom(6).hex()
+        self.client_id = f"{caller}-{random_part}" if caller else random_part
         self._counter = itertools.count(1)
 
     def next(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class Operations:
         reconnect_window_s: float = RECONNECT_WINDOW_S,
         partitions: int | Sequence[int] | None = None,
         cluster: bool = False,
+        caller: str = "",
     ) -> None:
         _check_int("partition", partition, 0)
         _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
@@ -149,7 +151,9 @@ class Operations:
         self._next = 0
         self._spread: list[int] = self.partitions
         self._spread_due = 0.0
-        self._ids = RequestIds()
+        if not isinstance(caller, str) or (caller and not _CALLER.match(caller)):
+            raise ArgumentError(f"caller must be 1-32 letters, digits or _, got {caller!r}")
+        self._ids = RequestIds(caller)
         self._inflight = InFlight(self._ids.client_id)
 
     def _perform(self, plan: Plan[T]) -> Any:
@@ -521,13 +525,18 @@ class Operations:
         return _text((yield commands.library_version()))
 
     @operation
-    def set_max_queue(self, depth: int) -> Plan[None]:
+    def set_max_queue(self, depth: int, per_caller: int | None = None) -> Plan[None]:
         """Refuse runs with EBUSY while this many requests are queued in a partition
-        (0: no bound), on every partition of this client."""
+        (0: no bound), on every partition of this client; ``per_caller``: also while
+        one caller (``caller=``, else one client) has that many queued there."""
         _check_int("depth", depth, 0)
+        fields: list[Any] = ["max_queue", depth]
+        if per_caller is not None:
+            _check_int("per_caller", per_caller, 0)
+            fields += ["max_queue_per_caller", per_caller]
         for partition in self.partitions:
             limits = keys.partition_limits(partition)
-            yield Call(("HSET", limits, "max_queue", depth), True, route=limits)
+            yield Call(("HSET", limits, *fields), True, route=limits)
 
     def key_for(self, routing_key: str, name: str) -> str:
         """A key for a tensor you store to pass by key later, next to the runs that
@@ -650,6 +659,9 @@ def pipeline_blob(
 
 
 # ---------------------------------------------------------------- argument checks
+
+
+_CALLER = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 
 
 def _fields(flat: Any) -> dict[str, str]:

@@ -83,12 +83,13 @@ class Client(Operations):
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         reconnect_window_s: float = RECONNECT_WINDOW_S,
+        caller: str = "",
     ) -> None:
         super().__init__(
             partition=partition, timeout_ms=timeout_ms, ttl_ms=ttl_ms,
             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
             reconnect_window_s=reconnect_window_s, partitions=partitions,
-            cluster=is_cluster_url(url),
+            cluster=is_cluster_url(url), caller=caller,
         )
         self._url = url
         # Reply connections block in XREAD: their sockets wait longer than that.

@@ -47,10 +47,12 @@ _PARTITION = "{inferis:*}"
 _MODEL = "inferis:{*}"
 
 
-def rules(role: str, prefix: str = "") -> list[str]:
+def rules(role: str, prefix: str = "", caller: str = "") -> list[str]:
     """The ``ACL SETUSER`` rules of ``role`` (without the user name, ``on`` and the
     password). ``prefix``: the client's tensor keys are ``{inferis:N}:<prefix>...``
-    (``client.key_for(user, name)`` with routing keys that start with it)."""
+    (``client.key_for(user, name)`` with routing keys that start with it).
+    ``caller``: the client's reply streams must be its caller's (``Client(...,
+    caller=...)``), so its queued requests count against its own per-caller bound."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     base = ["resetkeys", "resetchannels", "-@all", *_CONNECT]
@@ -59,7 +61,8 @@ def rules(role: str, prefix: str = "") -> list[str]:
                 "+@read", "+@write", "+@stream", "-@dangerous", "-function", "-flushall",
                 "-flushdb",
                 f"~{_PARTITION}:requests", f"~{_PARTITION}:config", f"%R~{_PARTITION}:limits",
-                f"~{_PARTITION}:replies:*", f"~{_PARTITION}:r:*",
+                f"~{_PARTITION}:replies:{caller}-*" if caller else f"~{_PARTITION}:replies:*",
+                f"~{_PARTITION}:r:*",
                 f"~{_PARTITION}:{prefix}*" if prefix else f"~{_PARTITION}:*",
                 f"%R~{_MODEL}", f"%R~{_MODEL}:*"]
     if role == "worker":
@@ -77,13 +80,15 @@ def rules(role: str, prefix: str = "") -> list[str]:
             f"%R~{_MODEL}:*"]
 
 
-def setuser(user: str, role: str, password: str, prefix: str = "") -> list[str]:
+def setuser(user: str, role: str, password: str, prefix: str = "", caller: str = ""
+            ) -> list[str]:
     """A whole ``ACL SETUSER`` command for one user."""
     if not user or any(c.isspace() for c in user):
         raise ValueError(f"user name {user!r} must be one word")
     if not password:
         raise ValueError("a role needs a password")
-    return ["ACL", "SETUSER", user, "reset", "on", f">{password}", *rules(role, prefix)]
+    return ["ACL", "SETUSER", user, "reset", "on", f">{password}",
+            *rules(role, prefix, caller)]
 
 
 def format_command(words: Sequence[str]) -> str:

@@ -1192,28 +1192,52 @@ local function check_reply(reply, base, stream)
   end
 end
 
--- Back-pressure and the count of requests queued or running: refuse at once
--- rather than let latency grow without bound.
-local function admit(stream, config, n)
+-- The caller a reply stream names: {T}:replies:<client id>, where a client id
+-- is <caller>-<random hex> (the SDK's caller=) or just random (each client its
+-- own caller). An ACL pattern on reply streams (~{inferis:*}:replies:app-*)
+-- makes the name the user's own. nil: no reply stream, no per-caller count.
+local function caller_of(reply)
+  local id = string.match(reply or '', ':replies:(.+)$')
+  if not id then return nil end
+  return string.match(id, '^(.+)%-%x+$') or id
+end
+
+-- Back-pressure and the count of requests queued or running, per partition and
+-- per caller: refuse at once rather than let latency grow without bound.
+-- Per-caller counts are fields c:<caller> of :config (a declared key).
+local function admit(stream, config, n, caller)
   may('count the queue', 'HINCRBY', config, 'queued', '1')
   may('enqueue', 'XADD', stream, '*', 'f', 'v')
   local cfg = redis.call('HMGET', config, 'max_queue', 'queued')
-  -- The bound lives in :limits, which callers may read but only operators write
-  -- (callers must be able to write :config, for the count); :config's own
+  -- The bounds live in :limits, which callers may read but only operators write
+  -- (callers must be able to write :config, for the counts); :config's own
   -- max_queue is still honoured where :limits has none.
   -- pcall: :limits is not among the call's KEYS, and while its slot migrates a key
   -- absent here cannot be read; the call goes on with :config's bound then.
-  local limit = redis.pcall('HGET', request_base(stream) .. ':limits', 'max_queue')
-  if type(limit) ~= 'string' then limit = nil end
-  local max_queue = tonumber(limit or cfg[1] or '0') or 0
+  local limits = redis.pcall('HMGET', request_base(stream) .. ':limits', 'max_queue',
+                             'max_queue_per_caller')
+  if type(limits) ~= 'table' or limits.err then limits = {} end
+  local max_queue = tonumber(limits[1] or cfg[1] or '0') or 0
+  local per_caller = tonumber(limits[2] or '0') or 0
   local queued = tonumber(cfg[2] or '0') or 0
   if queued ~= 0 and redis.call('XLEN', stream) == 0 then
-    queued = 0  -- nothing is left in the stream: whatever the count says, nothing is queued
+    queued = 0  -- nothing is left in the stream: whatever the counts say, nothing is queued
     redis.call('HSET', config, 'queued', 0)
+    for _, field in ipairs(redis.call('HKEYS', config)) do
+      if string.sub(field, 1, 2) == 'c:' then redis.call('HDEL', config, field) end
+    end
   end
   if max_queue > 0 and queued >= max_queue then
     fail('EBUSY', 'queue ' .. stream .. ' holds ' .. queued .. ' requests (max_queue '
       .. max_queue .. '); retry later')
+  end
+  if caller then
+    local mine = tonumber(redis.call('HGET', config, 'c:' .. caller) or '0') or 0
+    if per_caller > 0 and mine + n > per_caller then
+      fail('EBUSY', 'caller ' .. caller .. ' has ' .. mine .. ' requests queued on ' .. stream
+        .. ' (max_queue_per_caller ' .. per_caller .. '); retry later')
+    end
+    redis.call('HINCRBY', config, 'c:' .. caller, n)
   end
   redis.call('HINCRBY', config, 'queued', n)
 end
@@ -1288,6 +1312,9 @@ local function modelrun(keys, args)
   check_stream(stream)
   local base = request_base(stream)
   check_reply(r.reply, base, stream)
+  if r.reply ~= '' then  -- a caller answers to its own reply stream (ACL patterns pin it)
+    may('read answers on ' .. r.reply, 'XREAD', 'STREAMS', r.reply, '0')
+  end
 
   -- One request lives in one slot: Cluster enforces it, and so do we everywhere.
   for j = 2, #keys do
@@ -1322,7 +1349,7 @@ local function modelrun(keys, args)
       may('keep the input', 'SET', keys[1 + j], 'x')
     end
   end
-  admit(stream, base .. ':config', 1)
+  admit(stream, base .. ':config', 1, caller_of(r.reply))
 
   for j = 1, r.n_in do
     -- EPHEMERAL: an input that travels inside the entry is not also kept as a key.
@@ -1380,7 +1407,7 @@ local function modelrunmany(keys, args)
     end
     refs[keys[j]] = read_ref(keys[j])
   end
-  admit(stream, config, n)
+  admit(stream, config, n, caller_of(reply))
   return append_entry(stream, reply, n, records, refs)
 end
 
@@ -1410,6 +1437,23 @@ end
 -- nothing is written for it, so a request run twice is answered once. A reason
 -- dead-letters the entry. Writes never abort the batch: a key holding another
 -- type is skipped. Returns 1/0 per entry.
+-- A settled entry's requests leave its caller's count (the entry names its reply
+-- stream, hence its caller).
+local function uncount_caller(stream, config, entry_id, requests)
+  local entry = redis.call('XRANGE', stream, entry_id, entry_id)[1]
+  if not entry then return end
+  local fields = entry[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'reply' then
+      local caller = caller_of(fields[j + 1])
+      if caller and redis.call('HINCRBY', config, 'c:' .. caller, -requests) <= 0 then
+        redis.call('HDEL', config, 'c:' .. caller)
+      end
+      return
+    end
+  end
+end
+
 local function complete(keys, args)
   local stream, dlq, config = keys[1], keys[2], keys[3]
   local count = tonumber(args[1])
@@ -1440,6 +1484,7 @@ local function complete(keys, args)
       done[#done + 1] = entry_id
       settled = settled + requests
       answered[e] = 1
+      uncount_caller(stream, config, entry_id, requests)
     else
       answered[e] = 0
     end

@@ -21,6 +21,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     cmd.add_argument("--password", required=True)
     cmd.add_argument("--prefix", default="",
                      help="client: its tensor keys are {inferis:N}:<prefix>... (key_for)")
+    cmd.add_argument("--caller", default="",
+                     help="client: its reply streams are its caller's (Client(caller=...)), "
+                          "so its queue bound per caller cannot be dodged (with --prefix: "
+                          "without one its tensor pattern covers every partition key)")
     cmd.add_argument("--apply", action="store_true",
                      help="run it on --redis (every node of a redis+cluster:// URL; ACLs "
                           "are not replicated, so apply it on every node of a replicated set)")
@@ -30,7 +34,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
 
 def cmd_acl(ns: argparse.Namespace) -> int:
     try:
-        words = acl.setuser(ns.user, ns.role, ns.password, ns.prefix)
+        words = acl.setuser(ns.user, ns.role, ns.password, ns.prefix, ns.caller)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if not ns.apply:

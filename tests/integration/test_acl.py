@@ -121,3 +121,20 @@ def test_acl_command_prints_and_applies(redis_server: EmbeddedRedis, r: redis.Re
     bad = subprocess.run([*base, "nosuch", "--user", "x", "--password", "y"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
+
+
+def test_a_client_pinned_to_its_caller_name_cannot_count_as_another(
+    redis_server: EmbeddedRedis, r: redis.Redis, iris: IrisModel
+) -> None:
+    r.execute_command(*acl.setuser("pinned", "client", "pw-pinned", prefix="app:", caller="app"))
+    url = f"redis://pinned:pw-pinned@127.0.0.1:{redis_server.port}"
+    with Client(redis_server.url) as admin:
+        admin.modelstore("iris", "onnx", iris.blob)
+    with Client(url, caller="app") as mine:
+        pending = mine.submit("iris", {"X": iris.features[:1]})  # admitted, queued
+        assert not pending.done()
+    with Client(url, caller="other") as other:
+        denied(lambda: other.submit("iris", {"X": iris.features[:1]}))
+    with Client(url) as anonymous:  # a random client id is no caller of its own here
+        denied(lambda: anonymous.submit("iris", {"X": iris.features[:1]}))
+    assert int(r.hget("{inferis:0}:config", "c:app")) == 1
