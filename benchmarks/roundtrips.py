@@ -85,7 +85,7 @@ class Monitor:
 def _own_ports(redis_port: int) -> set[int]:
     """Local ports of this process's connections to Redis: the benchmark's client."""
     return {
-        c.laddr.port for c in psutil.Process().net_connections(kind="tcp")
+        c.laddr.port for c in _connections(psutil.Process())
         if c.raddr and c.raddr.port == redis_port
     }
 
@@ -156,3 +156,10 @@ async def measure(
         "by_issuer_per_request": by_role,
         "idle_commands_per_s": {c: round(n / idle_s, 2) for c, n in idle.items() if n},
     }
+
+
+def _connections(process: psutil.Process) -> list:  # type: ignore[type-arg]
+    """psutil 6 renamed connections() to net_connections(); the kserve client's
+    dependencies may hold psutil below 6."""
+    lister = getattr(process, "net_connections", None) or process.connections
+    return lister(kind="tcp")
