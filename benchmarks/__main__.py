@@ -98,6 +98,13 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--warmup", type=float, default=2.0)
     scale.add_argument("--tag", default="scale")
 
+    fair = sub.add_parser("fairness", help="one caller's p99 under another caller's flood")
+    fair.add_argument("--concurrency", type=int, default=8)
+    fair.add_argument("--flood", type=int, default=256)
+    fair.add_argument("--bound", type=int, default=64)
+    fair.add_argument("--duration", type=float, default=8.0)
+    fair.add_argument("--tag", default="fairness")
+
     life = sub.add_parser("lifecycle", help="latency while an alias flips between versions")
     life.add_argument("--concurrency", type=int, default=64)
     life.add_argument("--duration", type=float, default=10.0)
@@ -175,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         breakdown.print_breakdown(doc)
         print(f"wrote {breakdown.write(doc, ns.tag)}")
         return 0
+    if ns.command == "fairness":
+        from . import fairness
+
+        return fairness.main(ns.concurrency, ns.flood, ns.bound, ns.duration, ns.tag)
     if ns.command == "lifecycle":
         from . import lifecycle
 
