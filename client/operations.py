@@ -43,7 +43,7 @@ from .protocol.defaults import (
 from .protocol.entries import InputSlot, OutputSlot, RunRequest
 from .protocol.errors import ArgumentError, DigestError
 from .protocol.models import ModelInfo, StoredVersion
-from .protocol.replies import RunResult, fill_missing
+from .protocol.replies import RunResult, fill_missing, text_map
 from .protocol.tensor import decode_tensor, encode_tensor
 
 T = TypeVar("T")
@@ -448,14 +448,11 @@ class Operations:
 
     @operation
     def alias_get(self, name: str, alias: str) -> Plan[aliases.AliasRoute]:
-        return aliases.AliasRoute.parse(alias, _fields((yield commands.alias_get(name, alias))))
+        return aliases.AliasRoute.parse(alias, text_map((yield commands.alias_get(name, alias))))
 
     @operation
     def aliases(self, name: str) -> Plan[dict[str, aliases.AliasRoute]]:
-        raw = list((yield commands.alias_get(name)) or ())
-        it = iter(raw)
-        return {_text(a): aliases.AliasRoute.parse(_text(a), _fields(f))
-                for a, f in zip(it, it, strict=True)}
+        return aliases.parse_routes((yield commands.alias_get(name)))
 
     @operation
     def alias_del(self, name: str, alias: str, *, by: str = "") -> Plan[int]:
@@ -467,7 +464,7 @@ class Operations:
         _check_int("count", count, 1, 10_000)
         out = []
         for entry_id, fields in (yield commands.alias_history(name, count)) or ():
-            record = _fields(fields)
+            record = text_map(fields)
             record["ms"] = _text(entry_id).split("-")[0]
             out.append(record)
         return out
@@ -488,11 +485,11 @@ class Operations:
         it = iter(versions or ())
         out: dict[int, dict[str, Any]] = {}
         for version, joined, stats in zip(it, it, it, strict=True):
-            q = _fields(joined)
+            q = text_map(joined)
             out[int(version)] = {
                 "kind": q.pop("kind", ""),
                 "quality": {k: int(v) for k, v in q.items()},
-                "stats": {k: int(v) for k, v in _fields(stats).items()},
+                "stats": {k: int(v) for k, v in text_map(stats).items()},
             }
         return out
 
@@ -513,7 +510,7 @@ class Operations:
         out = {}
         for pair, fields in zip(it, it, strict=True):
             primary, shadow = (int(v) for v in _text(pair).split(":"))
-            f = _fields(fields)
+            f = text_map(fields)
             out[primary, shadow] = {"compared": int(f.get("compared", 0)),
                                     "agreed": int(f.get("agreed", 0)),
                                     "max_diff": float(f.get("max_diff", 0))}
@@ -662,11 +659,6 @@ def pipeline_blob(
 
 
 _CALLER = re.compile(r"^[A-Za-z0-9_]{1,32}$")
-
-
-def _fields(flat: Any) -> dict[str, str]:
-    it = iter(flat or ())
-    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
 
 
 def _unit(unit: str | None) -> str:

@@ -940,6 +940,13 @@ local function check_guard(base, name, alias, a, now)
   end
 end
 
+local STATS_FIELDS = {'requests', 'errors', 'run_us', 'queue_us'}
+
+local function add_stats(key, counts, now)
+  for j, field in ipairs(STATS_FIELDS) do redis.call('HINCRBY', key, field, counts[j]) end
+  redis.call('HSET', key, 'last_ms', now)
+end
+
 -- _INFERIS_STATS name consumer [version requests errors run_us queue_us]...:
 -- a worker's counters since its last flush (per version and per model), its
 -- heartbeat for the model, then the model's canary guards and pending swaps.
@@ -955,23 +962,11 @@ local function workerstats(keys, args)
     local v = tostring(to_int(args[i], 'version', 1))
     local counts = {}
     for j = 1, 4 do counts[j] = to_int(args[i + j], 'count', 0) end
-    local key = base .. ':stats:' .. v
-    redis.call('HINCRBY', key, 'requests', counts[1])
-    redis.call('HINCRBY', key, 'errors', counts[2])
-    redis.call('HINCRBY', key, 'run_us', counts[3])
-    redis.call('HINCRBY', key, 'queue_us', counts[4])
-    redis.call('HSET', key, 'last_ms', now)
+    add_stats(base .. ':stats:' .. v, counts, now)
     for j = 1, 4 do total[j] = total[j] + counts[j] end
     i = i + 5
   end
-  local key = base .. ':stats'
-  if total[1] > 0 then
-    redis.call('HINCRBY', key, 'requests', total[1])
-    redis.call('HINCRBY', key, 'errors', total[2])
-    redis.call('HINCRBY', key, 'run_us', total[3])
-    redis.call('HINCRBY', key, 'queue_us', total[4])
-    redis.call('HSET', key, 'last_ms', now)
-  end
+  if total[1] > 0 then add_stats(base .. ':stats', total, now) end
   for _, alias in ipairs(alias_names(base)) do
     check_guard(base, name, alias, hgetall_map(alias_key(base, alias)), now)
   end

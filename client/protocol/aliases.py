@@ -18,6 +18,9 @@ import random
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from .replies import text_map
 
 WEIGHT_TOTAL = 10_000  # weights are parts of 10,000 (0.01 %)
 PPM = 1_000_000
@@ -113,3 +116,13 @@ class AliasRoute:
         if self.shadow:
             found.add(self.shadow)
         return found
+
+
+def parse_routes(flat: Any) -> dict[str, AliasRoute]:
+    """``MODELALIASGET <name>``'s reply (alias, fields, ...) as routes by alias."""
+    it = iter(flat or ())
+    routes = {}
+    for raw, fields in zip(it, it, strict=True):
+        alias = raw.decode() if isinstance(raw, bytes) else str(raw)
+        routes[alias] = AliasRoute.parse(alias, text_map(fields))
+    return routes

@@ -131,3 +131,13 @@ def fill_missing(result: RunResult, values: Sequence[bytes | None]) -> RunResult
         result.outputs[name] = decode_tensor(value)
     result.missing = []
     return result
+
+
+def text_map(flat: Any) -> dict[str, str]:
+    """A flat RESP2 field/value reply (HGETALL and the like) as a dict of str."""
+    it = iter(flat or ())
+    return {_str(k): _str(v) for k, v in zip(it, it, strict=True)}
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -22,6 +22,7 @@ from inferis.client.protocol import commands, keys
 from inferis.client.protocol.aliases import AliasRoute
 from inferis.client.protocol.errors import InferisError, ModelNotFoundError, translate_error
 from inferis.client.protocol.models import ModelInfo
+from inferis.client.protocol.replies import text_map
 
 from .. import metrics
 from ..backends.base import BackendOptions
@@ -35,10 +36,6 @@ FAILED_LOAD_TTL_S = 30.0
 # digest, backend, format, device, and the load options a backend reads from the
 # metadata (declared specs, extra): the same bytes can load as different models.
 LoadKey = tuple[str, str, str, str, str]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def load_key(info: ModelInfo) -> LoadKey:
@@ -102,9 +99,7 @@ class ModelCache:
         try:
             flat = self._redis.execute_command(
                 "FCALL_RO", *commands.alias_get(name, alias).as_args()[1:])
-            it = iter(flat)
-            route: AliasRoute | None = AliasRoute.parse(
-                alias, {_text(k): _text(v) for k, v in zip(it, it, strict=True)})
+            route: AliasRoute | None = AliasRoute.parse(alias, text_map(flat))
         except redis.ResponseError as exc:
             if "EMODEL" not in str(exc):
                 raise translate_error(exc) from None

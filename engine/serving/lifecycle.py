@@ -20,8 +20,9 @@ import redis
 
 from inferis.client import drift as D
 from inferis.client.protocol import commands
-from inferis.client.protocol.aliases import AliasRoute
+from inferis.client.protocol.aliases import parse_routes
 from inferis.client.protocol.models import ANY_DTYPE
+from inferis.client.protocol.replies import text_map
 from inferis.client.protocol.tensor import numpy_dtype
 
 from .. import metrics
@@ -194,7 +195,7 @@ class Lifecycle:
             for column in new:
                 lo, hi = D.edges_for(values[column])
                 proposals += [column, f"{lo:.9g}", f"{hi:.9g}"]
-            held = _fields(self._redis.execute_command(
+            held = text_map(self._redis.execute_command(
                 *commands.drift_edges(model, version, proposals).as_args()))
             for column, text in held.items():
                 lo, hi = (float(x) for x in text.split(","))
@@ -239,8 +240,7 @@ class Lifecycle:
 
     def _warm_model(self, model: str) -> None:
         raw = self._redis.execute_command("FCALL_RO", *commands.alias_get(model).as_args()[1:])
-        it = iter(raw or ())
-        routes = [AliasRoute.parse(_text(a), _fields(f)) for a, f in zip(it, it, strict=True)]
+        routes = list(parse_routes(raw).values())
         wanted = sorted({v for route in routes for v in route.versions()})
         warm = [v for v in wanted if self._warm_version(model, v)]
         if any(route.pending for route in routes) and warm:
@@ -355,11 +355,3 @@ def _log_record(request: Request) -> list[Any] | None:
 def _count_shadow(job: _ShadowJob, outcome: str) -> None:
     metrics.SHADOW_RUNS.labels(job.model, str(job.primary), str(job.shadow), outcome).inc()
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _fields(flat: Any) -> dict[str, str]:
-    it = iter(flat or ())
-    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}
