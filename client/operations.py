@@ -474,6 +474,9 @@ class Operations:
         """Ground truth for an answered request (its ``RunResult.rid``): returns
         ``("joined", version)``, ``("repeated", version)`` (nothing changes) or
         ``("unknown", 0)`` (never logged, or expired)."""
+        if isinstance(truth, bool) or not isinstance(truth, int | float | np.number) \
+                or not np.isfinite(truth):
+            raise ArgumentError(f"truth must be a finite number, got {truth!r}")
         status, version = yield commands.feedback(model, _key("request_id", request_id), truth)
         return _text(status), int(version)
 

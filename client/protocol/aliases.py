@@ -47,8 +47,13 @@ def format_arms(arms: Mapping[int, float] | list[tuple[int, float]]) -> str:
     items = list(arms.items()) if isinstance(arms, Mapping) else list(arms)
     if not items:
         raise ValueError("an alias needs at least one version")
+    if any(not isinstance(w, int | float) or isinstance(w, bool) or not 0 <= w < float("inf")
+           for _, w in items):
+        raise ValueError("shares must be finite numbers of at least 0")
     total = sum(w for _, w in items)
-    scale = WEIGHT_TOTAL / total if total else 0
+    if total <= 0:
+        raise ValueError("at least one version needs a share above 0")
+    scale = WEIGHT_TOTAL / total
     weights = [round(w * scale) for _, w in items]
     weights[0] += WEIGHT_TOTAL - sum(weights)
     return ",".join(f"{int(v)}={w}" for (v, _), w in zip(items, weights, strict=True))

@@ -93,6 +93,10 @@ def test_a_version_an_alias_uses_cannot_be_deleted(client: Client) -> None:
         client.alias_set("scale", "stable", {v1: 0.5, 99: 0.5})
     with pytest.raises(ArgumentError):
         client.alias_set("scale", "latest", v1)
+    with pytest.raises(ArgumentError, match="share above 0"):
+        client.alias_set("scale", "stable", {v1: 0})
+    with pytest.raises(ArgumentError, match="truth"):
+        client.feedback("scale", "someone.1", "abc")  # type: ignore[arg-type]
 
 
 def test_split_is_sticky_per_unit_across_worker_restarts(

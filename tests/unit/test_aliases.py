@@ -63,5 +63,8 @@ def test_specs_and_refs() -> None:
     assert format_arms({1: 1, 2: 1, 3: 1}) == "1=3334,2=3333,3=3333"  # the control rounds
     assert is_alias_ref("production") and not is_alias_ref("3") and not is_alias_ref("latest")
     assert not is_alias_ref("")
+    for bad in ({1: 0}, {1: -1, 2: 2}, {1: float("inf")}, {1: float("nan")}, {}):
+        with pytest.raises(ValueError):
+            format_arms(bad)
     with pytest.raises(LookupError):
         AliasRoute("x", ()).pick("u")
