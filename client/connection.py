@@ -43,18 +43,24 @@ class SentinelTarget:
     password: str | None
 
 
+def parse_hosts(hostlist: str, what: str) -> list[tuple[str, int]]:
+    """``h1:p1,h2:p2`` (IPv6 hosts in brackets) of a multi-host URL."""
+    hosts = []
+    for item in hostlist.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ArgumentError(f"{what} {item!r} must be host:port")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
 def parse_sentinel_url(url: str) -> SentinelTarget:
     parts = urlsplit(url)
     if parts.scheme != SENTINEL_SCHEME:
         raise ArgumentError(f"not a {SENTINEL_SCHEME}:// URL: {url}")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     password = unquote(userinfo.partition(":")[2]) if userinfo else None
-    hosts = []
-    for item in hostlist.split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ArgumentError(f"sentinel address {item!r} must be host:port")
-        hosts.append((host.strip("[]"), int(port)))
+    hosts = parse_hosts(hostlist, "sentinel address")
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ArgumentError("a sentinel URL names its service: redis+sentinel://h:p/mymaster")

@@ -20,7 +20,7 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
-from .connection import async_pool, sync_pool
+from .connection import async_pool, parse_hosts, sync_pool
 from .protocol.errors import ArgumentError, library_missing
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -54,12 +54,7 @@ def parse_cluster_url(url: str) -> ClusterTarget:
         raise ArgumentError(f"not a {CLUSTER_SCHEME}:// URL: {url}")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    hosts = []
-    for item in hostlist.split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit():
-            raise ArgumentError(f"cluster node address {item!r} must be host:port")
-        hosts.append((host.strip("[]"), int(port)))
+    hosts = parse_hosts(hostlist, "cluster node address")
     return ClusterTarget(hosts, unquote(user) or None, unquote(password) or None)
 
 
