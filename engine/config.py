@@ -45,8 +45,14 @@ class WorkerConfig:
         False, "run models in a child process, so a run past its timeout is cut off",
         action="store_true",
     )
+    sandbox: str = _opt(
+        "auto", "confine TorchScript and TensorFlow models (every model with "
+        "--isolate-backends) in a backend process with no file access beyond its own and no "
+        "network: auto (where the kernel has Landlock), on (refuse to start without it), off",
+        choices=("auto", "on", "off"),
+    )
     run_timeout_ms: int = _opt(
-        30_000, "with --isolate-backends: a run's execution timeout unless the model's META "
+        30_000, "in a backend process: a run's execution timeout unless the model's META "
         "timeout_ms says otherwise",
     )
     backend_option: list[str] = field(default_factory=list, metadata={

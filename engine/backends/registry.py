@@ -20,13 +20,18 @@ class BackendEntry:
     module: str
     cls: str
     extra: str
+    # Its models are programs whose ops can read files or open sockets.
+    runs_model_code: bool = False
 
 
 BACKENDS: dict[str, BackendEntry] = {
     "onnx": BackendEntry("inferis.engine.backends.onnx", "OnnxBackend", "onnx"),
-    "torch": BackendEntry("inferis.engine.backends.torch", "TorchBackend", "torch"),
+    "torch": BackendEntry(
+        "inferis.engine.backends.torch", "TorchBackend", "torch", runs_model_code=True
+    ),
     "tensorflow": BackendEntry(
-        "inferis.engine.backends.tensorflow", "TensorFlowBackend", "tensorflow"
+        "inferis.engine.backends.tensorflow", "TensorFlowBackend", "tensorflow",
+        runs_model_code=True,
     ),
     "sklearn": BackendEntry("inferis.engine.backends.sklearn", "SklearnBackend", "sklearn"),
 }
@@ -49,6 +54,13 @@ def canonical_name(name: str) -> str:
             f"backend {name!r} is not available on this worker; available: {', '.join(BACKENDS)}"
         )
     return key
+
+
+def executes_model_code(name: str, options: BackendOptions) -> bool:
+    """Whether a model of backend ``name`` can run code of its own: graph ops that
+    reach files and the network, or (with --trust-unsafe-formats) a pickle."""
+    key = canonical_name(name)
+    return BACKENDS[key].runs_model_code or (key == "sklearn" and options.trust_unsafe_formats)
 
 
 def get_backend(name: str) -> Backend:

@@ -1,7 +1,9 @@
 """The backend process: loads models and runs them for its worker, nothing else.
 
 Started with ``spawn`` by :class:`~.runner.IsolatedRunner`; it dies with its
-worker (``PR_SET_PDEATHSIG``) even while stuck in a native call.
+worker (``PR_SET_PDEATHSIG``) even while stuck in a native call. Given a
+scratch directory, it confines itself there (:mod:`.sandbox`) before it
+imports a framework or reads a model.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ import os
 import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from inferis.client.protocol.errors import InferisError
 
 from ..backends.base import BackendOptions, LoadedModel
 from .framing import recv, send
+from .sandbox import SandboxUnavailable, confine
+
+# The exit status of a child that was asked to confine itself and could not.
+EXIT_UNCONFINED = 3
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -29,6 +37,20 @@ def _die_with_parent(parent_pid: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
     if os.getppid() != parent_pid:  # the parent was gone before prctl took effect
         os._exit(1)
+
+
+def _confine(scratch: str) -> None:
+    """Confine this process to ``scratch``; exit rather than run models unconfined."""
+    # Frameworks read and write settings under HOME (~/.keras): a private one, here.
+    for variable in ("TMPDIR", "HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        os.environ[variable] = scratch
+    tempfile.tempdir = scratch  # where backends unpack archives (SavedModel directories)
+    try:
+        abi = confine(Path(scratch))
+    except SandboxUnavailable as exc:
+        logging.getLogger(__name__).error("cannot confine the backend process: %s", exc)
+        os._exit(EXIT_UNCONFINED)
+    logging.getLogger(__name__).debug("backend process confined (Landlock ABI %d)", abi)
 
 
 def _error_reply(exc: BaseException) -> tuple[str, str | None, str, str]:
@@ -43,11 +65,14 @@ def child_main(
     parent_pid: int,
     log_level: int,
     log_format: str | None,
+    scratch: str | None = None,
 ) -> None:
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the worker decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format=log_format)
+    if scratch is not None:
+        _confine(scratch)
     from ..backends.registry import load_model
 
     models: dict[int, LoadedModel] = {}

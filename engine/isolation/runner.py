@@ -10,8 +10,10 @@ itself (a segfault, the OOM killer) is replaced the same way.
 
 Messages are pickles (protocol 5) on a socket pair; array buffers of 64 KiB or
 more travel out of band, straight from the array and into the buffer the
-received array keeps. Isolation protects the worker from hangs and crashes; it
-is not a sandbox: the child runs as the same user, and its replies are trusted.
+received array keeps. Isolation protects the worker from hangs and crashes.
+With ``sandbox=True`` the child also confines itself (:mod:`.sandbox`) before
+loading anything: no files beyond a private scratch directory, which this side
+creates and removes, and no network. Its replies are trusted either way.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import math
 import os
 import pickle
 import select
+import shutil
 import socket
+import tempfile
 import threading
 import weakref
 from collections.abc import Hashable
@@ -97,12 +101,15 @@ class IsolatedRunner:
         options: BackendOptions,
         default_timeout_ms: int = DEFAULT_TIMEOUT_MS,
         load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+        sandbox: bool = False,
     ) -> None:
         if default_timeout_ms <= 0 or load_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
         self.options = options
         self.default_timeout_ms = default_timeout_ms
         self.load_timeout_s = load_timeout_s
+        self.sandbox = sandbox
+        self._scratch: str | None = None  # the sandboxed child's only writable directory
         self._context = get_context("spawn")
         self._lock = threading.Lock()
         self._process: BaseProcess | None = None
@@ -219,11 +226,13 @@ class IsolatedRunner:
             with contextlib.suppress(OSError):  # the kernel may refuse; defaults still work
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER_BYTES)
+        if self.sandbox:
+            self._scratch = tempfile.mkdtemp(prefix="inferis-sandbox-")
         process = self._context.Process(
             target=child_main,
             args=(
                 child_sock, self.options, os.getpid(),
-                logging.getLogger().getEffectiveLevel(), _root_log_format(),
+                logging.getLogger().getEffectiveLevel(), _root_log_format(), self._scratch,
             ),
             name="inferis-backend",
             daemon=True,
@@ -250,6 +259,9 @@ class IsolatedRunner:
                 process.close()
         if sock is not None:
             sock.close()
+        if self._scratch is not None:  # what a killed child unpacked there
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def _load_in_child(self, known: _Known) -> Specs:
         if not self._child_alive():

@@ -58,13 +58,14 @@ class ModelCache:
         conn: redis.Redis,
         options: BackendOptions,
         max_models: int = 32,
-        runner: IsolatedRunner | None = None,
+        runner_for: Callable[[ModelInfo], IsolatedRunner | None] = lambda info: None,
     ) -> None:
         self._redis = conn
         self._options = options
         self._max_models = max_models
-        # With a runner, models load and run in its child process (cut off when hung).
-        self._runner = runner
+        # The backend process a model loads and runs in (cut off when hung, confined
+        # by the sandbox), or None for this process.
+        self._runner_for = runner_for
         self._resolved: dict[tuple[str, str], _Resolved] = {}
         self._routes: dict[tuple[str, str], tuple[AliasRoute | None, float]] = {}
         self._loaded: OrderedDict[LoadKey, Loaded] = OrderedDict()
@@ -168,4 +169,4 @@ class ModelCache:
         if info.backend == PIPELINE_BACKEND:
             spec = parse_pipeline(fetch_blob(self._redis, info))
             return PipelineModel(info.name, spec, self.resolve_and_load)
-        return load_backend_model(self._redis, info, self._options, self._runner, key)
+        return load_backend_model(self._redis, info, self._options, self._runner_for(info), key)

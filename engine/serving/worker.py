@@ -38,7 +38,7 @@ from inferis.lua import ensure_library
 
 from .. import metrics
 from ..config import WorkerConfig
-from ..isolation.runner import IsolatedRunner
+from ..isolation.placement import Placement
 from ..models.cache import ModelCache
 from . import partitions
 from .admission import Admitted, RawEntry, admit
@@ -87,9 +87,9 @@ class Worker:
         self._next_alias_look = 0.0
         self._behind = False  # the last batch was full: requests are waiting
         self._options = config.backend_options()  # a bad --trusted-keys fails here, at start
-        self._runner = (
-            IsolatedRunner(self._options, config.run_timeout_ms)
-            if config.isolate_backends else None
+        self._placement = Placement(
+            self._options, isolate_all=config.isolate_backends, sandbox=config.sandbox,
+            run_timeout_ms=config.run_timeout_ms,
         )
         self._lanes: dict[int, Lane] = {}
         self._leaving: set[int] = set()  # lanes whose slot moved away
@@ -146,8 +146,7 @@ class Worker:
                 self.pause(backoff, "restarting the worker loop%s", "")
             if self._stopping and self._owed and self._redis is None:
                 break  # Redis is away while stopping: the entries stay pending
-        if self._runner is not None:
-            self._runner.close()
+        self._placement.close()
         self.flush_stats_before_exit()
         self.disconnect()
         log.info("worker %s stopped after serving %d requests", self.consumer, self.served)
@@ -179,7 +178,7 @@ class Worker:
         self.assign_partitions()
         if self._cache is None:
             self._cache = ModelCache(
-                conn, self._options, self.config.max_models, self._runner
+                conn, self._options, self.config.max_models, self._placement.runner_for
             )
             self._cache.on_load = settle_heap
         else:
@@ -192,8 +191,9 @@ class Worker:
         else:
             self._lifecycle.rebind(conn)
         settle_heap()
-        log.info("worker %s connected to %s, serving %s", self.consumer,
-                 self.config.redis_url, ", ".join(self.streams) or "nothing yet")
+        log.info("worker %s connected to %s, serving %s; %s", self.consumer,
+                 self.config.redis_url, ", ".join(self.streams) or "nothing yet",
+                 self._placement.describe())
 
     def home_client(self) -> redis.Redis:
         """The Redis beside this worker: the single one, or its cluster home node
