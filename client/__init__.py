@@ -1,6 +1,7 @@
 """The inferis client SDK: tensors, models and runs over plain Redis.
 
-Light on purpose: it needs redis, hiredis, numpy and msgpack, no ML framework.
+Light on purpose: it needs redis, hiredis, numpy and msgpack (and cryptography for
+signed and encrypted models), no ML framework.
 
     from inferis.client import Client
     with Client("redis://localhost:6379") as c:

@@ -32,6 +32,7 @@ from .protocol.defaults import (
 )
 from .protocol.errors import (
     ConnectionLostError,
+    InferisError,
     NoAnswerError,
     OutcomeUnknownError,
     ReplicationError,
@@ -179,14 +180,20 @@ class AsyncClient(Operations):
 
     async def _drive(self, plan: Plan[Any]) -> Any:
         value: Any = None
+        error: InferisError | None = None
         try:
             while True:
-                step = plan.send(value)
-                if isinstance(step, Primaries):
-                    await self._open_routes()
-                    value = self._routes.primaries()
-                else:
-                    value = await self._step(step)
+                # A step's failure is raised inside the plan, which may handle it.
+                step = plan.send(value) if error is None else plan.throw(error)
+                error = None
+                try:
+                    if isinstance(step, Primaries):
+                        await self._open_routes()
+                        value = self._routes.primaries()
+                    else:
+                        value = await self._step(step)
+                except InferisError as exc:
+                    error = exc
         except StopIteration as stop:
             return stop.value
 

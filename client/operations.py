@@ -26,11 +26,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import drift
+from . import audit, drift, encryption
 from .inflight import InFlight, RequestIds
 from .protocol import aliases, commands, keys
 from .protocol.commands import Command
 from .protocol.defaults import (
+    AUDIT_MAXLEN,
     CLUSTER_PARTITIONS,
     DEFAULT_TIMEOUT_MS,
     DEFAULT_TTL_MS,
@@ -41,7 +42,12 @@ from .protocol.defaults import (
     RECONNECT_WINDOW_S,
 )
 from .protocol.entries import InputSlot, OutputSlot, RunRequest
-from .protocol.errors import ArgumentError, DigestError
+from .protocol.errors import (
+    ArgumentError,
+    DigestError,
+    PermissionDeniedError,
+    RedisRefusedError,
+)
 from .protocol.models import ModelInfo, StoredVersion
 from .protocol.replies import RunResult, fill_missing, text_map
 from .protocol.tensor import decode_tensor, encode_tensor
@@ -155,6 +161,10 @@ class Operations:
             raise ArgumentError(f"caller must be 1-32 letters, digits or _, got {caller!r}")
         self._ids = RequestIds(caller)
         self._inflight = InFlight(self._ids.client_id)
+        self.caller = caller
+        # The ACL user this client's connections authenticate as (they share one URL,
+        # so one user): asked once, stated in the audit's `by`.
+        self._acl_user: str | None = None
 
     def _perform(self, plan: Plan[T]) -> Any:
         raise NotImplementedError
@@ -325,10 +335,13 @@ class Operations:
 
         Options: ``device``, ``format``, ``inputs``/``outputs`` (specs), ``batch``
         (``(max_batch_size, max_queue_delay_us[, preferred sizes])``), ``tags``, ``extra``,
-        and ``progress(sent_bytes, total_bytes)``, called as chunks are uploaded.
+        ``progress(sent_bytes, total_bytes)``, called as chunks are uploaded,
+        ``signing_key`` (sign it, client/signing.py), ``encryption_key`` (store it
+        encrypted, client/encryption.py) and ``by`` (the caller id in the audit).
         """
         if not isinstance(backend, str) or not backend:
             raise ArgumentError(f"backend must be a name such as 'onnx', got {backend!r}")
+        options["by"] = yield from self._stated_by(options.pop("by", ""), name)
         progress = options.pop("progress", None)
         if progress is not None and not callable(progress):
             raise ArgumentError("progress must be a callable taking (sent_bytes, total_bytes)")
@@ -352,6 +365,7 @@ class Operations:
         inputs: Sequence[str],
         outputs: Sequence[str],
         tags: Mapping[str, str] | None = None,
+        by: str = "",
     ) -> Plan[StoredVersion]:
         """Store a pipeline: models run in sequence on one worker, one request in all.
 
@@ -359,8 +373,10 @@ class Operations:
         {model_input: tensor}, "outputs": [...] or {model_output: tensor}}``.
         """
         blob = pipeline_blob(inputs, outputs, steps)
+        stated = yield from self._stated_by(by, name)
         reply: Any = None
-        for command in commands.modelstore(name, "pipeline", blob, format="json", tags=tags):
+        for command in commands.modelstore(name, "pipeline", blob, format="json", tags=tags,
+                                           by=stated):
             reply = yield command
         return StoredVersion(name, int(reply[0]), _text(reply[1]), bool(int(reply[2])))
 
@@ -369,7 +385,8 @@ class Operations:
         self, name: str, version: int | str | None = None, *, blob: bool = False
     ) -> Plan[ModelInfo | tuple[ModelInfo, bytes]]:
         """A version's metadata (``latest`` by default); with ``blob=True`` also its
-        file, checked against its SHA-256."""
+        file as stored, checked against its SHA-256. A read-only call: it leaves no
+        trace in the audit (:meth:`modelexport` does)."""
         info, data = ModelInfo.parse((yield commands.modelget(name, version, blob=blob)))
         if not blob:
             return info
@@ -378,13 +395,44 @@ class Operations:
         return info, data
 
     @operation
+    def modelexport(
+        self, name: str, version: int | str | None = None, *, encryption_key: Any = None,
+        by: str = "",
+    ) -> Plan[tuple[ModelInfo, bytes]]:
+        """A version's metadata and file, recorded as a ``read`` in the model's audit
+        (needs write access to the model's keys, as an admin has). The file is as
+        stored, checked against its SHA-256; with ``encryption_key`` (32 bytes or a
+        key file), an encrypted version comes back decrypted."""
+        stated = yield from self._stated_by(by, name)
+        info, data = ModelInfo.parse((yield commands.modelexport(name, version, stated)))
+        if data is None or commands.sha256_hex(data) != info.digest:
+            raise DigestError(f"{info.label} blob does not match its digest")
+        if info.encrypted and encryption_key is not None:
+            key = encryption.load_key(encryption_key)
+            data = encryption.decrypt({encryption.key_id(key): key}, info.encrypted, data,
+                                      info.backend, info.format, info.label)
+        return info, data
+
+    @operation
+    def audit(self, name: str, count: int = 100) -> Plan[list[dict[str, str]]]:
+        """The model's audit, newest first: one dict per entry with ``event``
+        (``store``, ``delete``, ``read``, ``load``, or an alias change: ``set``,
+        ``commit``, ``delete``, ``rollback``, ``baked`` with ``alias``), ``by``, ``ms``,
+        ``id`` and the event's own fields (``version``, ``digest``, ``signer``,
+        ``encrypted``; ``from``, ``to``, ``epoch``, ``why``)."""
+        _check_int("count", count, 1, AUDIT_MAXLEN)
+        return audit.parse_entries((yield commands.audit(name, count)))
+
+    @operation
     def modelversions(self, name: str) -> Plan[list[int]]:
         return [int(v) for v in (yield commands.modelversions(name))]
 
     @operation
-    def modeldel(self, name: str, version: int | str | None = None) -> Plan[int]:
+    def modeldel(self, name: str, version: int | str | None = None, *, by: str = ""
+                 ) -> Plan[int]:
         """Delete one version, or every version of ``name``; returns how many."""
-        return int((yield commands.modeldel(name, version)))
+        stated = yield from self._stated_by(by, name)
+        return int((yield commands.modeldel(name, version, stated)))
 
     @operation
     def modelstats(self, name: str) -> Plan[dict[str, int]]:
@@ -432,10 +480,12 @@ class Operations:
                 f"versions must be a version or {{version: share}}: {exc}") from None
         if not 0.0 <= shadow_share <= 1.0:
             raise ArgumentError(f"shadow_share must be within 0..1, got {shadow_share}")
+        guard_args = guard.args() if guard else None
+        stated = yield from self._stated_by(by, name)
         command = commands.alias_set(
             name, alias, spec, shadow=shadow or 0,
             shadow_ppm=round(shadow_share * aliases.PPM),
-            guard=guard.args() if guard else None, log_ttl_ms=log_ttl_ms, by=by, warm=warm,
+            guard=guard_args, log_ttl_ms=log_ttl_ms, by=stated, warm=warm,
         )
         state, epoch = yield command
         return _text(state), int(epoch)
@@ -456,18 +506,15 @@ class Operations:
 
     @operation
     def alias_del(self, name: str, alias: str, *, by: str = "") -> Plan[int]:
-        return int((yield commands.alias_del(name, alias, by)))
+        stated = yield from self._stated_by(by, name)
+        return int((yield commands.alias_del(name, alias, stated)))
 
     @operation
     def alias_history(self, name: str, count: int = 100) -> Plan[list[dict[str, str]]]:
-        """Every alias change, newest first: when (``ms``), alias, event, from, to, by."""
-        _check_int("count", count, 1, 10_000)
-        out = []
-        for entry_id, fields in (yield commands.alias_history(name, count)) or ():
-            record = text_map(fields)
-            record["ms"] = _text(entry_id).split("-")[0]
-            out.append(record)
-        return out
+        """Every alias change, newest first: when (``ms``), alias, event, from, to, by
+        (the alias entries of :meth:`audit`)."""
+        _check_int("count", count, 1, AUDIT_MAXLEN)
+        return audit.parse_entries((yield commands.alias_history(name, count)))
 
     @operation
     def feedback(self, model: str, request_id: str, truth: float) -> Plan[tuple[str, int]]:
@@ -538,6 +585,24 @@ class Operations:
             limits = keys.partition_limits(partition)
             yield Call(("HSET", limits, *fields), True, route=limits)
 
+    @operation
+    def set_deadletter_maxlen(self, maxlen: int) -> Plan[None]:
+        """Keep about this many dead letters per partition (MAXLEN ~), on every
+        partition of this client; 0 goes back to the default (DEADLETTER_MAXLEN)."""
+        _check_int("maxlen", maxlen, 0)
+        for partition in self.partitions:
+            limits = keys.partition_limits(partition)
+            yield Call(("HSET", limits, "deadletter_maxlen", maxlen), True, route=limits)
+
+    @operation
+    def set_audit_maxlen(self, name: str, maxlen: int) -> Plan[None]:
+        """Keep about this many entries in model ``name``'s audit (MAXLEN ~); 0 goes
+        back to the default (AUDIT_MAXLEN)."""
+        _check_model(name)
+        _check_int("maxlen", maxlen, 0)
+        limits = keys.model_key(name, "limits")
+        yield Call(("HSET", limits, "audit_maxlen", maxlen), True, route=limits)
+
     def key_for(self, routing_key: str, name: str) -> str:
         """A key for a tensor you store to pass by key later, next to the runs that
         read it: ``{inferis:N}:<routing_key>:<name>``, N chosen by ``routing_key`` (a
@@ -547,6 +612,19 @@ class Operations:
         return f"{keys.partition_tag(partition)}:{routing_key}:{_key('name', name)}"
 
     # ---------------------------------------------------------------- helpers
+
+    def _stated_by(self, by: str, name: str) -> Plan[str]:
+        """The audit's ``by`` for a change to model ``name``: this client's ACL user
+        (ACL WHOAMI, asked once; ``?`` if Redis refuses to say), then ``/`` and the
+        caller id (``by``, else the client's ``caller``)."""
+        if self._acl_user is None:
+            try:
+                valid = isinstance(name, str) and keys.is_model_name(name)
+                user = yield Call(audit.WHOAMI, route=keys.model_base(name) if valid else "")
+                self._acl_user = _text(user)
+            except (PermissionDeniedError, RedisRefusedError):
+                self._acl_user = ""  # a user without ACL WHOAMI: stated as unknown
+        return audit.stated_by(self._acl_user, by or self.caller)
 
     def _timeout(self, timeout_ms: int | None) -> int:
         if timeout_ms is None:

@@ -33,6 +33,7 @@ from .protocol.defaults import (
 from .protocol.errors import (
     ArgumentError,
     ConnectionLostError,
+    InferisError,
     NoAnswerError,
     OutcomeUnknownError,
     ReplicationError,
@@ -119,13 +120,19 @@ class Client(Operations):
 
     def _perform(self, plan: Plan[Any]) -> Any:
         value: Any = None
+        error: InferisError | None = None
         try:
             while True:
-                step = plan.send(value)
-                if isinstance(step, Submit):
-                    value = self._await(self._send_runs([step], [plan], then_read=True)[0])
-                else:
-                    value = self._execute(step)
+                # A step's failure is raised inside the plan, which may handle it.
+                step = plan.send(value) if error is None else plan.throw(error)
+                error = None
+                try:
+                    if isinstance(step, Submit):
+                        value = self._await(self._send_runs([step], [plan], then_read=True)[0])
+                    else:
+                        value = self._execute(step)
+                except InferisError as exc:
+                    error = exc
         except StopIteration as stop:
             return stop.value
 

@@ -13,8 +13,9 @@ therefore key patterns and command lists over what each Function touches:
 - worker: the request streams and every key of the partitions, the model keys
   (stats, warm-up, logs, drift), the library (``FUNCTION LOAD``, to keep it on
   every primary) and ``CLIENT LIST`` (to tell dead consumers): trusted code;
-- admin: store and delete models, set aliases, publish the notice, set queue
-  bounds (``{inferis:N}:limits``); it cannot enqueue or read tensors;
+- admin: store, export (an audited read) and delete models, set aliases, publish
+  the notice, set queue and retention bounds (``{inferis:N}:limits``,
+  ``inferis:{<name>}:limits``); it cannot enqueue or read tensors;
 - feedback: ``MODELFEEDBACK`` and ``MODELQUALITY`` only.
 
 ``-@dangerous`` is taken from every role (FLUSHALL, KEYS, CONFIG, DEBUG, ...)
@@ -38,11 +39,11 @@ from inferis.client.protocol.defaults import MODELS_CHANNEL
 ROLES = ("client", "worker", "admin", "feedback")
 
 # What every SDK connection sends (redis-py: HELLO/AUTH, CLIENT SETNAME; its CLIENT
-# SETINFO, Redis 7.2+, is refused and redis-py goes on),
-# and what cluster clients ask to learn the slot map.
+# SETINFO, Redis 7.2+, is refused and redis-py goes on), what cluster clients ask
+# to learn the slot map, and ACL WHOAMI (the user the SDK states in the audit).
 _CONNECT = ["+ping", "+hello", "+auth", "+client|setname", "+client|id",
             "+select", "+readonly", "+cluster|slots", "+cluster|shards", "+cluster|nodes",
-            "+cluster|myid", "+command", "+time"]
+            "+cluster|myid", "+command", "+time", "+acl|whoami"]
 _PARTITION = "{inferis:*}"
 _MODEL = "inferis:{*}"
 

@@ -69,6 +69,10 @@ class WorkerConfig:
     require_signatures: bool = _opt(
         False, "refuse models that are not signed by a trusted key", action="store_true"
     )
+    model_key_file: str = _opt(
+        "", "32-byte envelope key file(s), comma-separated: decrypt models encrypted at rest "
+        "(inferis keys generate --encryption); without their key a model is refused"
+    )
     drift_window_s: int = _opt(
         60, "length of the time windows drift histograms are kept in (seconds)"
     )
@@ -88,7 +92,21 @@ class WorkerConfig:
             max_archive_entries=self.max_archive_entries,
             trusted_keys=self._trusted_keys(),
             require_signatures=self.require_signatures,
+            model_keys=self._model_keys(),
         )
+
+    def _model_keys(self) -> dict[str, bytes]:
+        if not self.model_key_file:
+            return {}
+        from inferis.client import encryption
+        from inferis.client.protocol.errors import ArgumentError
+
+        try:
+            return encryption.load_keys(p for p in self.model_key_file.split(",") if p)
+        except ArgumentError as exc:
+            raise ConfigError(f"--model-key-file: {exc.message}") from None
+        except OSError as exc:
+            raise ConfigError(f"--model-key-file: {exc}") from None
 
     def _trusted_keys(self) -> tuple[bytes, ...]:
         if not self.trusted_keys:

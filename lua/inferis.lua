@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '9'
+local LIB_VERSION = '10'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -26,6 +26,10 @@ local STAGING_TTL_MS = 3600 * 1000
 local GROUP = 'inferis'
 local MODELS_CHANNEL = 'inferis:models'
 local DEADLETTER_MAXLEN = 10000
+-- Every model's audit stream is trimmed (MAXLEN ~) to this, unless its
+-- inferis:{<name>}:limits says audit_maxlen.
+local AUDIT_MAXLEN = 10000
+local MAX_BY_BYTES = 256  -- the 'by' a caller states
 local MAX_CALL_REQUESTS = 256
 -- No Function may hold Redis for long: what Lua converts element by element
 -- (VALUES in and out) and what it builds from nothing (a tensor without data)
@@ -396,6 +400,31 @@ end
 
 local function model_base(name) return 'inferis:{' .. name .. '}' end
 
+-- The audit: one stream per model (inferis:{<name>}:audit) of who stored, deleted,
+-- re-pointed, exported or loaded it. Lua cannot ask Redis who the caller is (ACL
+-- WHOAMI is noscript), so 'by' is what the caller states (docs/PROTOCOL.md §17).
+local function check_by(by)
+  if type(by) ~= 'string' or #by > MAX_BY_BYTES then
+    fail('EARGS', 'BY must be at most ' .. MAX_BY_BYTES .. ' bytes')
+  end
+  return by
+end
+
+-- A deployment bounds it per model with HSET inferis:{<name>}:limits audit_maxlen <n>.
+local function audit_maxlen(base)
+  local n = tonumber(redis.call('HGET', base .. ':limits', 'audit_maxlen') or '')
+  if n and n >= 1 then return math.floor(n) end
+  return AUDIT_MAXLEN
+end
+
+local function record(base, fields)
+  redis.call('XADD', base .. ':audit', 'MAXLEN', '~', audit_maxlen(base), '*', unpack(fields))
+end
+
+local function may_audit(base)
+  may('audit the change', 'XADD', base .. ':audit', '*', 'f', 'v')
+end
+
 local function resolve_version(base, name, v)
   local version
   if v == nil or v == '' or string.lower(v) == 'latest' then
@@ -463,14 +492,14 @@ end
 
 -- MODELSTORE name BACKEND b DIGEST hex [FORMAT f] [DEVICE d] [INPUT n dtype shape]...
 --   [OUTPUT n dtype shape]... [BATCH max_size max_delay_us] [PREFERRED n,n...] [TAG k v]...
---   [META json]
+--   [META json] [SIGNATURE hex [SIGNER id]] [ENCRYPTED key_id] [BY who]
 --   (BLOB bytes | CHUNKS n)
 local function modelstore(keys, args)
   local name = model_name(keys[1])
   check_name(name)
   local m = {backend = nil, format = '', device = 'CPU', inputs = {}, outputs = {}, tags = {},
              batching = {}, extra = '{}'}
-  local digest, blob, chunks
+  local digest, blob, chunks, by = nil, nil, nil, ''
   local i = 1
   while i <= #args do
     local u = upper(args[i])
@@ -511,6 +540,14 @@ local function modelstore(keys, args)
         fail('EARGS', 'SIGNER must be 1-64 characters of letters, digits, _ . -')
       end
       m.signer = signer; i = i + 2
+    elseif u == 'ENCRYPTED' then
+      -- the blob is ciphertext under the envelope key with this id (client/encryption.py)
+      local key_id = args[i + 1] or ''
+      if #key_id == 0 or #key_id > 64 or not string.match(key_id, '^[%w_.%-]+$') then
+        fail('EARGS', 'ENCRYPTED takes the key id: 1-64 characters of letters, digits, _ . -')
+      end
+      m.encrypted = key_id; i = i + 2
+    elseif u == 'BY' then by = check_by(args[i + 1]); i = i + 2
     elseif u == 'META' then
       local ok, decoded = pcall(cjson.decode, args[i + 1] or '')
       if not ok or type(decoded) ~= 'table' then fail('EARGS', 'META must be a JSON object') end
@@ -538,6 +575,7 @@ local function modelstore(keys, args)
   may('list the version', 'ZADD', base .. ':versions', '1', '1')
   may('point latest', 'SET', base .. ':latest', '1')
   may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
+  may_audit(base)
   local size = 0
   if chunks then
     for c = 0, chunks - 1 do
@@ -558,12 +596,29 @@ local function modelstore(keys, args)
     'format', m.format, 'device', m.device, 'inputs', json_list(m.inputs),
     'outputs', json_list(m.outputs), 'batching', json_map(m.batching), 'tags', json_map(m.tags),
     'extra', m.extra, 'created_ms', now_ms(), 'size', size, 'chunks', chunks,
-    'signature', m.signature or '', 'signer', m.signer or '')
+    'signature', m.signature or '', 'signer', m.signer or '', 'encrypted', m.encrypted or '')
   redis.call('HSET', base .. ':digests', digest, version)
   redis.call('ZADD', base .. ':versions', version, version)
   redis.call('SET', base .. ':latest', version)
+  record(base, {'event', 'store', 'version', version, 'digest', digest, 'signer', m.signer or '',
+                'encrypted', m.encrypted or '', 'by', by})
   redis.call('PUBLISH', MODELS_CHANNEL, name)
   return {version, digest, 1}
+end
+
+-- The whole file of a version, appended to its metadata reply as 'blob', <bytes>.
+local function append_blob(base, name, version, out)
+  local meta = {}
+  for j = 1, #out, 2 do meta[out[j]] = out[j + 1] end
+  local parts = {}
+  for c = 0, tonumber(meta.chunks) - 1 do
+    local part = redis.call('GET', base .. ':blob:' .. meta.digest .. ':' .. c)
+    if not part then fail('EDIGEST', 'model ' .. name .. ' version ' .. version .. ' is missing chunk ' .. c) end
+    parts[#parts + 1] = part
+  end
+  out[#out + 1] = 'blob'
+  out[#out + 1] = table.concat(parts)
+  return meta
 end
 
 -- MODELGET name [VERSION v] [META] [BLOB] [VERSIONS]
@@ -588,18 +643,30 @@ local function modelget(keys, args)
   end
   local version = resolve_version(base, name, v)
   local out = redis.call('HGETALL', base .. ':v:' .. version)
-  if want_blob then
-    local meta = {}
-    for j = 1, #out, 2 do meta[out[j]] = out[j + 1] end
-    local parts = {}
-    for c = 0, tonumber(meta.chunks) - 1 do
-      local part = redis.call('GET', base .. ':blob:' .. meta.digest .. ':' .. c)
-      if not part then fail('EDIGEST', 'model ' .. name .. ' version ' .. version .. ' is missing chunk ' .. c) end
-      parts[#parts + 1] = part
-    end
-    out[#out + 1] = 'blob'
-    out[#out + 1] = table.concat(parts)
+  if want_blob then append_blob(base, name, version, out) end
+  return out
+end
+
+-- MODELEXPORT name [VERSION v] [BY who]: MODELGET ... BLOB that leaves a 'read'
+-- entry in the audit. MODELGET stays no-writes (replicas, read-only roles), so a
+-- read through it is not recorded; this is the path admins and exports take.
+local function modelexport(keys, args)
+  local name = model_name(keys[1])
+  check_name(name)
+  local base = model_base(name)
+  local v, by = nil, ''
+  local i = 1
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'VERSION' then v = args[i + 1]; i = i + 2
+    elseif u == 'BY' then by = check_by(args[i + 1]); i = i + 2
+    else fail('EARGS', 'MODELEXPORT option ' .. tostring(args[i]) .. ' is unknown') end
   end
+  may_audit(base)
+  local version = resolve_version(base, name, v)
+  local out = redis.call('HGETALL', base .. ':v:' .. version)
+  local meta = append_blob(base, name, version, out)
+  record(base, {'event', 'read', 'version', version, 'digest', meta.digest, 'by', by})
   return out
 end
 
@@ -630,32 +697,52 @@ local function check_unused(base, name, version)
   end
 end
 
--- MODELDEL name [VERSION v]: one version, or every version of the name.
+local function audit_delete(base, version, by)
+  local digest = redis.call('HGET', base .. ':v:' .. version, 'digest') or ''
+  record(base, {'event', 'delete', 'version', version, 'digest', digest, 'by', by})
+end
+
+-- MODELDEL name [VERSION v] [BY who]: one version, or every version of the name.
 -- Version numbers are never reused, so a number always means one content.
 local function modeldel(keys, args)
   local name = model_name(keys[1])
   check_name(name)
   local base = model_base(name)
+  local v, by = nil, ''
+  local i = 1
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'VERSION' then v = args[i + 1] or ''; i = i + 2
+    elseif u == 'BY' then by = check_by(args[i + 1]); i = i + 2
+    else fail('EARGS', 'MODELDEL takes only VERSION v and BY who') end
+  end
   may('delete the blob and metadata', 'DEL', base .. ':v:1')
   may('unindex the digest', 'HDEL', base .. ':digests', 'f')
   may('unlist the version', 'ZREM', base .. ':versions', '1')
   may('drop its aliases', 'HDEL', base .. ':aliases', 'f')
   may('point latest', 'SET', base .. ':latest', '1')
   may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
+  may_audit(base)
   local deleted = 0
-  if upper(args[1]) == 'VERSION' then
-    local version = resolve_version(base, name, args[2])
+  if v ~= nil then
+    local version = resolve_version(base, name, v)
     check_unused(base, name, version)
+    audit_delete(base, version, by)
     delete_version(base, version)
     deleted = 1
-  elseif args[1] ~= nil then
-    fail('EARGS', 'MODELDEL takes only VERSION v')
   else
     local versions = redis.call('ZRANGE', base .. ':versions', 0, -1)
     if #versions == 0 then fail('EMODEL', 'model ' .. name .. ' has no versions') end
-    for _, version in ipairs(versions) do delete_version(base, version) end
-    -- the whole model goes: its aliases, audit, log pointers and counters too
+    for _, version in ipairs(versions) do
+      audit_delete(base, version, by)
+      delete_version(base, version)
+    end
+    -- the whole model goes, and its aliases with it; the audit and the
+    -- per-version history stay (they explain what was there)
     for _, alias in ipairs(redis.call('SMEMBERS', base .. ':alias_names')) do
+      local a = redis.call('HMGET', base .. ':alias:' .. alias, 'spec', 'epoch')
+      record(base, {'alias', alias, 'event', 'delete', 'from', a[1] or '', 'to', '', 'by', by,
+                    'epoch', tonumber(a[2] or '0') + 1, 'why', 'model deleted'})
       redis.call('DEL', base .. ':alias:' .. alias)
     end
     redis.call('DEL', base .. ':aliases', base .. ':alias_names')
@@ -689,7 +776,6 @@ end
 
 local WEIGHT_TOTAL = 10000      -- split weights are parts of 10000 (0.01%)
 local LIVE_WORKER_MS = 10000    -- a worker silent this long no longer holds up a swap
-local AUDIT_MAXLEN = 10000
 local DEFAULT_LOG_TTL_MS = 24 * 3600 * 1000
 
 local function alias_key(base, alias) return base .. ':alias:' .. alias end
@@ -743,8 +829,8 @@ local function hgetall_map(key)
 end
 
 local function audit(base, alias, event, from, to, by, epoch, why)
-  redis.call('XADD', base .. ':audit', 'MAXLEN', '~', AUDIT_MAXLEN, '*', 'alias', alias, 'event', event,
-    'from', from or '', 'to', to or '', 'by', by or '', 'epoch', epoch, 'why', why or '')
+  record(base, {'alias', alias, 'event', event, 'from', from or '', 'to', to or '', 'by', by or '',
+                'epoch', epoch, 'why', why or ''})
 end
 
 -- Versions every live worker of the model has warmed (and that they are
@@ -850,7 +936,7 @@ local function modelalias(keys, args)
         i = i + 4
       elseif u == 'LOGTTL' then
         set[#set + 1] = 'log_ttl_ms'; set[#set + 1] = to_int(args[i + 1], 'LOGTTL', 0, MAX_TTL_MS); i = i + 2
-      elseif u == 'BY' then by = args[i + 1] or ''; i = i + 2
+      elseif u == 'BY' then by = check_by(args[i + 1] or ''); i = i + 2
       elseif u == 'NOWARM' then nowarm = true; i = i + 1
       else fail('EARGS', 'MODELALIAS SET option ' .. tostring(args[i]) .. ' is unknown') end
     end
@@ -879,7 +965,7 @@ local function modelalias(keys, args)
   elseif op == 'DEL' then
     local a = hgetall_map(akey)
     if not a.spec and not a.pending then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. alias) end
-    local by = upper(args[3]) == 'BY' and (args[4] or '') or ''
+    local by = upper(args[3]) == 'BY' and check_by(args[4] or '') or ''
     redis.call('DEL', akey)
     redis.call('HDEL', base .. ':aliases', alias)
     redis.call('SREM', base .. ':alias_names', alias)
@@ -890,6 +976,35 @@ local function modelalias(keys, args)
   fail('EARGS', 'MODELALIAS takes SET, COMMIT or DEL')
 end
 
+-- The alias entries of the audit, newest first: the stream also holds store,
+-- delete, read and load entries, which HISTORY skips (looking at most at
+-- AUDIT_MAXLEN entries, so no call holds Redis for long).
+local function alias_history(base, count)
+  local out, from, seen = {}, '+', 0
+  while #out < count and seen < AUDIT_MAXLEN do
+    local page = redis.call('XREVRANGE', base .. ':audit', from, '-', 'COUNT', 256)
+    for _, entry in ipairs(page) do
+      if entry[2][1] == 'alias' and #out < count then out[#out + 1] = entry end
+    end
+    seen = seen + #page
+    if #page < 256 then break end
+    from = '(' .. page[#page][1]
+  end
+  return out
+end
+
+-- MODELAUDIT name [COUNT n]: the model's audit, every event, newest first.
+local function modelaudit(keys, args)
+  local name = model_name(keys[1])
+  check_name(name)
+  local count = 100
+  if args[1] ~= nil then
+    if upper(args[1]) ~= 'COUNT' or #args ~= 2 then fail('EARGS', 'MODELAUDIT takes only COUNT n') end
+    count = to_int(args[2], 'COUNT', 1, AUDIT_MAXLEN)
+  end
+  return redis.call('XREVRANGE', model_base(name) .. ':audit', '+', '-', 'COUNT', count)
+end
+
 -- MODELALIASGET name [alias] | name HISTORY [count]: one alias's record (a flat
 -- field/value list), every alias (alias, record, ...), or the audit, newest first.
 local function modelaliasget(keys, args)
@@ -898,7 +1013,7 @@ local function modelaliasget(keys, args)
   local base = model_base(name)
   if upper(args[1]) == 'HISTORY' then
     local count = args[2] and to_int(args[2], 'count', 1, AUDIT_MAXLEN) or 100
-    return redis.call('XREVRANGE', base .. ':audit', '+', '-', 'COUNT', count)
+    return alias_history(base, count)
   end
   if args[1] then
     check_alias(args[1])
@@ -987,6 +1102,22 @@ local function warmed(keys, args)
     if try_commit(base, name, alias) then committed = committed + 1 end
   end
   return committed
+end
+
+-- _INFERIS_LOADED name by [version digest]...: a worker (by: its ACL user and
+-- consumer name) loaded these versions; one 'load' entry each in the audit.
+local function loaded(keys, args)
+  local name = model_name(keys[1])
+  check_name(name)
+  local base = model_base(name)
+  local by = check_by(args[1] or '')
+  local i = 2
+  while args[i + 1] ~= nil do
+    record(base, {'event', 'load', 'version', tostring(to_int(args[i], 'version', 1)),
+                  'digest', args[i + 1], 'by', by})
+    i = i + 2
+  end
+  return 1
 end
 
 -- _INFERIS_LOG name ttl_ms [rid version kind pred proba]...: the prediction log
@@ -1411,6 +1542,15 @@ end
 
 local WRITABLE = {X = 'stream', L = 'list', S = 'string'}
 
+-- A deployment bounds dead letters per partition with HSET {inferis:N}:limits
+-- deadletter_maxlen <n>. pcall: :limits is not among the call's KEYS (as in admit).
+local function deadletter_maxlen(stream)
+  local n = redis.pcall('HGET', request_base(stream) .. ':limits', 'deadletter_maxlen')
+  n = type(n) == 'string' and tonumber(n) or nil
+  if n and n >= 1 then return math.floor(n) end
+  return DEADLETTER_MAXLEN
+end
+
 -- Keep the original entry (fields prefixed req.) so it can be inspected and replayed.
 local function deadletter(stream, dlq, entry_id, reason, deliveries)
   local fields = {'entry', entry_id, 'reason', reason, 'deliveries', deliveries}
@@ -1422,7 +1562,7 @@ local function deadletter(stream, dlq, entry_id, reason, deliveries)
       fields[#fields + 1] = f[j + 1]
     end
   end
-  redis.call('XADD', dlq, 'MAXLEN', '~', DEADLETTER_MAXLEN, '*', unpack(fields))
+  redis.call('XADD', dlq, 'MAXLEN', '~', deadletter_maxlen(stream), '*', unpack(fields))
 end
 
 -- _INFERIS_COMPLETE stream deadletter config key... |
@@ -1523,6 +1663,9 @@ redis.register_function{function_name = 'MODELCHUNK', callback = guarded(modelch
 redis.register_function{function_name = 'MODELSTORE', callback = guarded(modelstore)}
 redis.register_function{function_name = 'MODELGET', callback = guarded(modelget), flags = {'no-writes'}}
 redis.register_function{function_name = 'MODELDEL', callback = guarded(modeldel)}
+redis.register_function{function_name = 'MODELEXPORT', callback = guarded(modelexport)}
+redis.register_function{function_name = 'MODELAUDIT', callback = guarded(modelaudit), flags = {'no-writes'}}
+redis.register_function{function_name = '_INFERIS_LOADED', callback = guarded(loaded)}
 redis.register_function{function_name = 'MODELRUN', callback = guarded(modelrun)}
 redis.register_function{function_name = 'MODELRUNMANY', callback = guarded(modelrunmany)}
 redis.register_function{function_name = '_INFERIS_COMPLETE', callback = guarded(complete)}

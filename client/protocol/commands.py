@@ -21,7 +21,7 @@ from .models import Batching, TensorSpec
 
 # Functions that write nothing: FCALL_RO-able, and never followed by WAIT.
 READ_ONLY = frozenset({"TENSORGET", "MODELGET", "INFERIS_VERSION", "MODELALIASGET",
-                       "MODELQUALITY", "MODELDRIFT"})
+                       "MODELQUALITY", "MODELDRIFT", "MODELAUDIT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +90,14 @@ def modelstore(
     extra: Mapping[str, Any] | None = None,
     chunk_size: int = CHUNK_SIZE,
     signing_key: Any = None,
+    encryption_key: Any = None,
+    by: str = "",
 ) -> list[Command]:
     """The commands that store one version: chunk uploads, then the commit.
-    ``signing_key`` (an ed25519 private key, its PEM, or a path): sign it."""
+    ``encryption_key`` (32 bytes or a key file): store the file encrypted
+    (client/encryption.py); the digest and the signature are then over the
+    ciphertext. ``signing_key`` (an ed25519 private key, its PEM, or a path):
+    sign it. ``by``: who stores it, for the audit."""
     if not isinstance(name, str) or not keys.is_model_name(name):
         raise ArgumentError(f"model name {name!r} must be 1-128 of letters, digits, _ . -")
     if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -100,6 +105,12 @@ def modelstore(
     blob = bytes(blob)
     if not blob:
         raise ArgumentError("model blob is empty")
+    key_id = ""
+    if encryption_key is not None:
+        from .. import encryption
+
+        key = encryption.load_key(encryption_key)
+        blob, key_id = encryption.encrypt(key, blob, backend, format), encryption.key_id(key)
     digest = sha256_hex(blob)
     args: list[Any] = ["BACKEND", backend, "DIGEST", digest, "DEVICE", device]
     if format:
@@ -128,6 +139,10 @@ def modelstore(
 
         signature, signer = signing.sign(signing_key, digest, backend, format)
         args += ["SIGNATURE", signature, "SIGNER", signer]
+    if key_id:
+        args += ["ENCRYPTED", key_id]
+    if by:
+        args += ["BY", by]
     commands: list[Command] = []
     if len(blob) <= chunk_size:
         args += ["BLOB", blob]
@@ -158,9 +173,19 @@ def modelversions(name: str) -> Command:
     return Command("MODELGET", [keys.model_base(name)], ["VERSIONS"])
 
 
-def modeldel(name: str, version: int | str | None = None) -> Command:
-    return Command("MODELDEL", [keys.model_base(name)],
-                   [] if version is None else ["VERSION", str(version)])
+def modelexport(name: str, version: int | str | None = None, by: str = "") -> Command:
+    """MODELGET ... BLOB that leaves a ``read`` entry in the model's audit."""
+    args: list[Any] = [] if version is None else ["VERSION", str(version)]
+    return Command("MODELEXPORT", [keys.model_base(name)], [*args, *(["BY", by] if by else [])])
+
+
+def modeldel(name: str, version: int | str | None = None, by: str = "") -> Command:
+    args: list[Any] = [] if version is None else ["VERSION", str(version)]
+    return Command("MODELDEL", [keys.model_base(name)], [*args, *(["BY", by] if by else [])])
+
+
+def audit(name: str, count: int = 100) -> Command:
+    return Command("MODELAUDIT", [keys.model_base(name)], ["COUNT", count])
 
 
 def alias_set(name: str, alias: str, spec: str, *, shadow: int = 0, shadow_ppm: int = 0,
@@ -221,6 +246,11 @@ def drift(name: str, version: int, reference: int | None = None,
 def worker_stats(model: str, consumer: str, counts: Sequence[Any]) -> Command:
     """counts: (version, requests, errors, run_us, queue_us) flattened."""
     return Command("_INFERIS_STATS", [keys.model_base(model)], [consumer, *counts])
+
+
+def loaded(model: str, by: str, versions: Sequence[Any]) -> Command:
+    """versions: (version, digest) flattened: a worker loaded them (the audit's ``load``)."""
+    return Command("_INFERIS_LOADED", [keys.model_base(model)], [by, *versions])
 
 
 def warmed(model: str, consumer: str, versions: Sequence[int]) -> Command:

@@ -60,4 +60,16 @@ MAX_MODEL_NAME = 128
 
 REPLY_READ_COUNT = 1024  # reply entries a client reads per XREAD
 REPLY_READ_BLOCK_MS = 1000
-DEADLETTER_MAXLEN = 10_000  # the dead-letter stream is trimmed (MAXLEN ~) to this
+# The dead-letter stream is trimmed (MAXLEN ~) to this, unless the partition's
+# {inferis:N}:limits says deadletter_maxlen.
+DEADLETTER_MAXLEN = 10_000
+
+# ---------------------------------------------------------------- audit
+
+# A model's audit stream is trimmed (MAXLEN ~) to this, unless its
+# inferis:{<name>}:limits says audit_maxlen.
+AUDIT_MAXLEN = 10_000
+# What the SDK writes as `by` when Redis would not say who the connection is
+# (ACL WHOAMI refused).
+UNKNOWN_USER = "?"
+MAX_BY_BYTES = 256

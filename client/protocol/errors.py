@@ -47,7 +47,8 @@ class UnsafeModelError(InferisError):
 
 
 class SignatureError(InferisError):
-    """The worker's policy refuses this version: unsigned, or not signed by a trusted key."""
+    """The worker's policy refuses this version: unsigned, or not signed by a trusted key;
+    or encrypted at rest with a key it does not hold, or that does not decrypt it."""
 
     code = "ESIGNATURE"
 

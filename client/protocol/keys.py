@@ -93,7 +93,8 @@ def partition_config(partition: int = 0) -> str:
 
 
 def partition_limits(partition: int = 0) -> str:
-    """Hash: ``max_queue``, set by the operator; callers only read it."""
+    """Hash: ``max_queue``, ``max_queue_per_caller``, ``deadletter_maxlen``, set by the
+    operator; callers only read it."""
     return f"{partition_tag(partition)}:limits"
 
 

@@ -118,6 +118,7 @@ class ModelInfo:
     chunks: int = 1
     signature: str = ""  # ed25519 over client/signing.py's message, hex; "" unsigned
     signer: str = ""  # the signing key's id
+    encrypted: str = ""  # the id of the key the blob is encrypted with; "" plain
 
     @property
     def label(self) -> str:
@@ -147,6 +148,7 @@ class ModelInfo:
             chunks=int(f.get("chunks", 1)),
             signature=f.get("signature", ""),
             signer=f.get("signer", ""),
+            encrypted=f.get("encrypted", ""),
         )
         return info, blob
 
@@ -164,7 +166,7 @@ class ModelInfo:
             },
             "tags": self.tags, "extra": self.extra, "created_ms": self.created_ms,
             "size": self.size, "chunks": self.chunks,
-            "signature": self.signature, "signer": self.signer,
+            "signature": self.signature, "signer": self.signer, "encrypted": self.encrypted,
         }
 
 

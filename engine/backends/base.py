@@ -48,6 +48,9 @@ class BackendOptions:
     # made by, and whether an unsigned version is refused.
     trusted_keys: tuple[bytes, ...] = ()
     require_signatures: bool = False
+    # Models encrypted at rest (client/encryption.py): envelope keys by key id. Kept
+    # out of repr, so no log line shows them.
+    model_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 class RunTimeout(BackendError):

@@ -16,7 +16,7 @@ import redis
 from inferis.client.protocol.errors import InferisError
 
 from ..config import ConfigError
-from . import acl, keys, models, serve
+from . import acl, keys, models, retention, serve
 
 log = logging.getLogger("inferis")
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_commands(sub, common)
     keys.add_commands(sub, common)
     acl.add_commands(sub, common)
+    retention.add_commands(sub, common)
     return parser
 
 

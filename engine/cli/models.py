@@ -1,4 +1,4 @@
-"""``inferis model store|list|get|del|stats``."""
+"""``inferis model store|list|get|export|del|stats|audit``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from inferis.client import Client
+from inferis.client import audit as A
 from inferis.client.protocol.defaults import CHUNK_SIZE
 from inferis.client.protocol.errors import ArgumentError
 
@@ -39,17 +41,33 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                        help="dynamic batching, e.g. 64,500 or 64,500,16,32")
     store.add_argument("--sign", type=Path, default=None, metavar="KEY.pem",
                        help="sign the version with this ed25519 private key")
+    store.add_argument("--encrypt", type=Path, default=None, metavar="KEY_FILE",
+                       help="store it encrypted at rest with this 32-byte envelope key")
+    store.add_argument("--by", default="", help="who stores it (after the ACL user, in the audit)")
     store.add_argument("--no-inspect", action="store_true",
                        help="do not load the model here to record its signature")
     msub.add_parser("list", parents=[common], help="list model names")
     get = msub.add_parser("get", parents=[common], help="show a version's metadata")
     get.add_argument("name")
     get.add_argument("--version")
+    export = msub.add_parser("export", parents=[common],
+                             help="write a version's file out, recorded as a read in the audit")
+    export.add_argument("name")
+    export.add_argument("--version")
+    export.add_argument("--out", type=Path, required=True, help="file to write")
+    export.add_argument("--decrypt", type=Path, default=None, metavar="KEY_FILE",
+                        help="decrypt a version encrypted at rest with this envelope key")
+    export.add_argument("--by", default="")
     delete = msub.add_parser(
         "del", parents=[common], help="delete one version or the whole model"
     )
     delete.add_argument("name")
     delete.add_argument("--version")
+    delete.add_argument("--by", default="")
+    audit = msub.add_parser("audit", parents=[common],
+                            help="who stored, deleted, re-pointed, read or loaded it, newest first")
+    audit.add_argument("name")
+    audit.add_argument("--count", type=int, default=20)
     stats = msub.add_parser(
         "stats", parents=[common], help="requests, errors and mean times per model"
     )
@@ -104,6 +122,9 @@ def _store(client: Client, ns: argparse.Namespace) -> None:
     }
     if ns.sign is not None:
         options["signing_key"] = ns.sign
+    if ns.encrypt is not None:
+        options["encryption_key"] = ns.encrypt
+    options["by"] = ns.by
     # A directory is a TensorFlow SavedModel: packed into one deterministic tar.
     blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
     with _upload_progress(len(blob)) as progress:
@@ -113,7 +134,21 @@ def _store(client: Client, ns: argparse.Namespace) -> None:
         else:
             stored = store_model(client, ns.name, ns.backend, blob, **options)
     state = "stored" if stored.created else "already stored"
-    print(f"{stored.name} version {stored.version} {state} (sha256 {stored.digest})")
+    encrypted = " encrypted" if ns.encrypt is not None else ""
+    print(f"{stored.name} version {stored.version} {state}{encrypted} (sha256 {stored.digest})")
+
+
+def _export(client: Client, ns: argparse.Namespace) -> None:
+    info, data = client.modelexport(ns.name, ns.version, encryption_key=ns.decrypt, by=ns.by)
+    ns.out.write_bytes(data)
+    state = "encrypted, as stored" if info.encrypted and ns.decrypt is None else "plain"
+    print(f"{info.label} written to {ns.out} ({len(data)} bytes, {state})")
+
+
+def _audit(client: Client, name: str, count: int) -> None:
+    for entry in client.audit(name, count):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(entry["ms"]) / 1000))
+        print(f"{when}Z {A.describe(entry)}")
 
 
 @contextlib.contextmanager
@@ -158,8 +193,12 @@ def cmd_model(ns: argparse.Namespace) -> int:
                 print(name)
         elif ns.model_command == "get":
             print(json.dumps(client.modelget(ns.name, ns.version).as_dict(), indent=2))
+        elif ns.model_command == "export":
+            _export(client, ns)
         elif ns.model_command == "del":
-            print(f"deleted {client.modeldel(ns.name, ns.version)} version(s)")
+            print(f"deleted {client.modeldel(ns.name, ns.version, by=ns.by)} version(s)")
+        elif ns.model_command == "audit":
+            _audit(client, ns.name, ns.count)
         elif ns.model_command == "stats":
             _stats(client, ns.names)
         elif ns.model_command in lifecycle.COMMANDS:

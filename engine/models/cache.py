@@ -27,7 +27,13 @@ from inferis.client.protocol.replies import text_map
 from .. import metrics
 from ..backends.base import BackendOptions
 from ..isolation.runner import IsolatedRunner
-from .loading import PIPELINE_BACKEND, Loaded, fetch_blob, load_backend_model, signature_of
+from .loading import (
+    PIPELINE_BACKEND,
+    Loaded,
+    fetch_model_file,
+    load_backend_model,
+    signature_of,
+)
 from .pipeline import PipelineModel, parse_pipeline
 
 MOVING_REF_TTL_S = 5.0
@@ -72,6 +78,9 @@ class ModelCache:
         self._failed: dict[LoadKey, tuple[InferisError, float]] = {}
         self._load_keys: dict[tuple[str, int, str], LoadKey] = {}
         self.loads = 0
+        # (name, version, digest) of each load, until the lifecycle reports them to the
+        # model's audit.
+        self.unreported_loads: list[tuple[str, int, str]] = []
         # Called after each load (the worker settles its heap then).
         self.on_load: Callable[[], None] = lambda: None
 
@@ -153,6 +162,7 @@ class ModelCache:
             raise
         self._loaded[key] = loaded
         self.loads += 1
+        self.unreported_loads.append((info.name, info.version, info.digest))
         self.on_load()
         metrics.MODEL_LOADS.labels(info.name, str(info.version), info.backend).inc()
         while len(self._loaded) > self._max_models:
@@ -167,6 +177,6 @@ class ModelCache:
 
     def _load_uncached(self, info: ModelInfo, key: LoadKey):  # type: ignore[no-untyped-def]
         if info.backend == PIPELINE_BACKEND:
-            spec = parse_pipeline(fetch_blob(self._redis, info))
+            spec = parse_pipeline(fetch_model_file(self._redis, info, self._options))
             return PipelineModel(info.name, spec, self.resolve_and_load)
         return load_backend_model(self._redis, info, self._options, self._runner_for(info), key)

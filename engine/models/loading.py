@@ -1,10 +1,12 @@
 """From a stored version to a model ready to run: fetch, verify, refuse what is unsafe, load.
 
 Every load checks the blob's SHA-256 against the version's digest before a
-backend sees a byte of it. Formats that run code when loaded (pickle) are
-refused unless the worker's operator trusts them. The signature a request is
-checked against (what the model reports, completed by what was declared at
-store time) is computed here once per load, not per request.
+backend sees a byte of it (the stored bytes: for a version encrypted at rest,
+the ciphertext, which is then decrypted with the worker's envelope key).
+Formats that run code when loaded (pickle) are refused unless the worker's
+operator trusts them. The signature a request is checked against (what the
+model reports, completed by what was declared at store time) is computed here
+once per load, not per request.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
-from inferis.client import signing
+from inferis.client import encryption, signing
 from inferis.client.protocol import keys
 from inferis.client.protocol.errors import (
     BackendError,
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 
 # Formats whose loading can execute arbitrary code.
 UNSAFE_FORMATS = frozenset({"pickle", "joblib", "cloudpickle"})
-__all__ = ["PIPELINE_BACKEND", "UNSAFE_FORMATS", "Loaded", "fetch_blob", "load_backend_model"]
+__all__ = ["PIPELINE_BACKEND", "UNSAFE_FORMATS", "Loaded", "fetch_blob", "fetch_model_file",
+           "load_backend_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,26 @@ def fetch_blob(conn: redis.Redis, info: ModelInfo) -> bytes:
             "refusing to load it"
         )
     return blob
+
+
+def refuse_unkeyed(info: ModelInfo, options: BackendOptions) -> None:
+    """A version encrypted at rest loads only on a worker holding its key: refused
+    before its blob is fetched."""
+    if info.encrypted and info.encrypted not in options.model_keys:
+        held = ", ".join(sorted(options.model_keys)) or "none"
+        raise SignatureError(f"{info.label} is encrypted with key {info.encrypted}, which this "
+                             f"worker does not hold (--model-key-file; it holds: {held})")
+
+
+def fetch_model_file(conn: redis.Redis, info: ModelInfo, options: BackendOptions) -> bytes:
+    """The version's file as its backend reads it: fetched, checked against its
+    digest, and decrypted when it is encrypted at rest."""
+    refuse_unkeyed(info, options)
+    blob = fetch_blob(conn, info)
+    if not info.encrypted:
+        return blob
+    return encryption.decrypt(options.model_keys, info.encrypted, blob, info.backend,
+                              info.format, info.label)
 
 
 def refuse_unsigned(info: ModelInfo, options: BackendOptions) -> None:
@@ -123,11 +146,12 @@ def load_backend_model(
     process (under ``key``) where a run past its timeout can be cut off."""
     refuse_unsafe(info, options)
     refuse_unsigned(info, options)
+    refuse_unkeyed(info, options)
     if runner is None:
         get_backend(info.backend)  # ENOBACKEND before fetching a blob it cannot load
     else:
         canonical_name(info.backend)  # the child imports the backend itself
-    blob = fetch_blob(conn, info)
+    blob = fetch_model_file(conn, info, options)
     started = time.perf_counter()
     if runner is None:
         model: LoadedModel = load_in_process(blob, info, options)

@@ -4,7 +4,8 @@ moves to them, mirror traffic to shadow versions, and log answers for feedback.
 None of it may delay an answer. Logs and shadow runs are collected while a
 batch is served and done after its completion has been written (with the next
 read, see ``Worker.read_batch``); shadow runs are dropped when requests are
-waiting. A failure here is logged and dropped: it is telemetry, serving goes on.
+waiting. The versions this worker loaded are reported to their models' audit
+then too. A failure here is logged and dropped: it is telemetry, serving goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from inferis.client import audit
 from inferis.client import drift as D
 from inferis.client.protocol import commands
 from inferis.client.protocol.aliases import parse_routes
@@ -75,9 +77,11 @@ class Lifecycle:
         self._shadows: list[_ShadowJob] = []
         self._dirty: set[str] = set()  # models whose aliases may have changed
         self._warm: set[tuple[str, int, str]] = set()  # (model, version, digest) warmed here
+        self._by: str | None = None  # <ACL user>/<consumer>: this worker in the audit
 
     def rebind(self, conn: Any) -> None:
         self._redis = conn
+        self._by = None  # the new connection may be another user's
 
     # ---------------------------------------------------------------- per batch
 
@@ -112,6 +116,8 @@ class Lifecycle:
         if now >= self._next_gauges:
             self._next_gauges = now + DRIFT_GAUGE_S
             self._update_drift_gauges()
+        if self.cache.unreported_loads:
+            self._report_loads()
         if not self._logs and not self._shadows:
             return
         jobs, self._shadows = self._shadows, []
@@ -133,6 +139,28 @@ class Lifecycle:
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not write prediction logs / shadow agreement: %s", exc)
+
+    def _report_loads(self) -> None:
+        """One ``load`` entry per version loaded since the last report, in the audit of
+        its model, by ``<ACL user>/<consumer>``."""
+        loads, self.cache.unreported_loads = self.cache.unreported_loads, []
+        by_model: dict[str, list[Any]] = {}
+        for name, version, digest in loads:
+            by_model.setdefault(name, []).extend([version, digest])
+        try:
+            if self._by is None:
+                try:
+                    user = self._redis.execute_command(*audit.WHOAMI)
+                    user = user.decode() if isinstance(user, bytes) else str(user)
+                except redis.ResponseError:  # ACL WHOAMI refused: an unknown user
+                    user = ""
+                self._by = audit.stated_by(user, self.consumer)
+            pipe = self._redis.pipeline(transaction=False)
+            for name, versions in by_model.items():
+                pipe.execute_command(*commands.loaded(name, self._by, versions).as_args())
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not record %d model load(s) in the audit: %s", len(loads), exc)
 
     def _run_shadow(self, job: _ShadowJob, agreements: dict[tuple[str, int, int], _Agreement]
                     ) -> None:

@@ -72,9 +72,10 @@ def test_alias_points_moves_and_rolls_back_with_an_audit(
     client.alias_set("scale", "production", v1, by="oncall")  # rollback: warm already
     assert wait_until(lambda: client.alias_get("scale", "production").arms == ((v1, 10_000),))
     history = client.alias_history("scale")
-    events = [(h["event"], h["to"], h["by"]) for h in history]
-    assert events[0] == ("commit", f"{v1}=10000", "oncall")
-    assert ("commit", f"{v2}=10000", "ops") in events and ("set", f"{v2}=10000", "ops") in events
+    events = [(h["event"], h["to"], h["by"]) for h in history]  # by: <ACL user>/<by=>
+    assert events[0] == ("commit", f"{v1}=10000", "default/oncall")
+    assert ("commit", f"{v2}=10000", "default/ops") in events
+    assert ("set", f"{v2}=10000", "default/ops") in events
     assert all(int(h["ms"]) > 0 for h in history)
     epochs = [int(h["epoch"]) for h in history if h["event"] == "commit"]
     assert epochs == sorted(epochs, reverse=True) and len(set(epochs)) == len(epochs)
