@@ -35,6 +35,14 @@ class WorkerConfig:
     inter_op_threads: int = _opt(1, "threads across independent ops of one run")
     read_count: int = _opt(64, "stream entries read per XREADGROUP")
     block_ms: int = _opt(500, "how long one XREADGROUP waits for work")
+    read_ahead: int = _opt(
+        4096, "requests read and held for their turn, so that models and callers are served "
+        "in turn rather than in stream order (1: each read is run before the next)"
+    )
+    slice_ms: float = _opt(
+        2.0, "how long held requests run before the finished ones are answered and more is "
+        "read"
+    )
     claim_idle_ms: int = _opt(30_000, "reclaim requests another worker left pending this long")
     max_deliveries: int = _opt(3, "dead-letter a request delivered more often than this")
     max_models: int = _opt(32, "loaded models kept in memory")

@@ -102,6 +102,18 @@ def reply_stream(partition: int, client_id: str) -> str:
     return f"{partition_tag(partition)}:replies:{client_id}"
 
 
+def caller_of(reply: str) -> str | None:
+    """The caller a reply stream names, as the Functions count it: the client id is
+    ``<caller>-<hex>`` (``Client(caller=)``) or just hex (each client its own)."""
+    _, sep, client_id = reply.rpartition(":replies:")
+    if not sep or not client_id:
+        return None
+    caller, dash, suffix = client_id.rpartition("-")
+    if dash and caller and suffix and all(c in "0123456789abcdefABCDEF" for c in suffix):
+        return caller
+    return client_id
+
+
 def request_key(base: str, rid: str, part: str) -> str:
     """A key owned by one request, e.g. ``request_key("{inferis:0}", rid, "out:Y")``."""
     return f"{base}:r:{rid}:{part}"

@@ -50,13 +50,15 @@ class Lane:
     def owes(self) -> bool:
         return bool(self.unsent or self.sent)
 
-    def write_read(self, consumer: str, count: int, block_ms: int) -> None:
-        """Send what this lane owes and a blocking read, without waiting."""
+    def write_read(self, consumer: str, count: int, block_ms: int | None) -> None:
+        """Send what this lane owes and a read (blocking unless ``block_ms`` is None),
+        without waiting."""
         if self.conn is None:
             self.conn = self._connect(self.stream)
         commands = [c.as_args() for c in self.unsent]
+        block = ["BLOCK", block_ms] if block_ms is not None else []
         commands.append([
-            "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, "BLOCK", block_ms,
+            "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, *block,
             "STREAMS", self.stream, ">",
         ])
         self.conn.send_packed_command([pack(commands)], check_health=False)

@@ -31,7 +31,7 @@ import redis
 from inferis.client.connection import roundtrip
 from inferis.client.protocol import commands, keys
 from inferis.client.protocol.backoff import Backoff
-from inferis.client.protocol.commands import Command
+from inferis.client.protocol.commands import Command, Settlement
 from inferis.client.protocol.defaults import GROUP, MODELS_CHANNEL
 from inferis.client.routing import Routes, is_cluster_url, must_resend
 from inferis.lua import ensure_library
@@ -47,6 +47,7 @@ from .completion import record, settle
 from .executor import Executor
 from .lanes import PENDING, Lane, wait_readable
 from .lifecycle import Lifecycle
+from .scheduler import Held, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Worker:
             self._options, isolate_all=config.isolate_backends, sandbox=config.sandbox,
             run_timeout_ms=config.run_timeout_ms,
         )
+        self._scheduler = Scheduler(config.read_ahead, config.slice_ms)
         self._lanes: dict[int, Lane] = {}
         self._leaving: set[int] = set()  # lanes whose slot moved away
         self._home = partitions.Home(config.redis_url) if is_cluster_url(config.redis_url) else None
@@ -103,7 +105,7 @@ class Worker:
 
     @property
     def _owed(self) -> bool:
-        return any(lane.owes for lane in self._lanes.values())
+        return self._scheduler.waiting > 0 or any(lane.owes for lane in self._lanes.values())
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -256,8 +258,8 @@ class Worker:
     def retire_lanes(self) -> None:
         for number in list(self._leaving):
             lane = self._lanes[number]
-            if lane.owes or lane.reading:
-                continue
+            if lane.owes or lane.reading or self._scheduler.held_ids(lane.stream):
+                continue  # what it read is answered there first
             lane.close()
             del self._lanes[number]
             self._leaving.discard(number)
@@ -331,8 +333,10 @@ class Worker:
             self._next_reclaim = now + self.config.claim_idle_ms / 2000
         self._behind = False
         for stream, raw in self.read_batch():
-            handled += self.serve(stream, raw)
+            handled += self.take_in(stream, raw)
             self._behind |= len(raw) >= self.config.read_count
+        self.run_slice()
+        self._behind |= self._scheduler.waiting > 0
         self._lifecycle.warm_what_aliases_need()
         return handled
 
@@ -362,21 +366,28 @@ class Worker:
         self.assign_partitions()
 
     def read_batch(self) -> list[tuple[str, list[RawEntry]]]:
-        """Send each idle lane what it owes and a blocking read (one write each), then
-        take the batches of the lanes that answer."""
+        """Send each idle lane what it owes and a read (one write each), then take the
+        batches of the lanes that answer. With requests held the read does not block,
+        nor does the wait: what has not answered yet is taken next cycle."""
         self.retire_lanes()
+        busy, full = self._scheduler.waiting > 0, self._scheduler.full
         for number, lane in self._lanes.items():
             if lane.reading or not lane.ready:
                 continue
             with self.lane_io(lane):
-                if number in self._leaving:
+                if number in self._leaving or full:
                     self.send_owed(lane)
                 else:
-                    lane.write_read(self.consumer, self.config.read_count, self.config.block_ms)
+                    lane.write_read(
+                        self.consumer, self.config.read_count,
+                        None if busy else self.config.block_ms,
+                    )
         # Completions are out: the shadow runs and logs of the last batches now.
         assert self._lifecycle is not None
         self._lifecycle.flush(backlogged=self._behind)
-        if not any(lane.reading for lane in self._lanes.values()):
+        if full:
+            return []  # holding all it may: run, read later
+        if not busy and not any(lane.reading for lane in self._lanes.values()):
             # nothing to read from (yet, or its lanes wait to retry): look again later
             retries = [lane.retry_at for lane in self._lanes.values() if not lane.ready]
             pause = self.config.block_ms / 1000
@@ -385,7 +396,8 @@ class Worker:
             time.sleep(pause)
             return []
         batches = []
-        for lane in wait_readable(self._lanes.values(), self.config.block_ms + 1000):
+        wait_ms = 0 if busy else self.config.block_ms + 1000
+        for lane in wait_readable(self._lanes.values(), wait_ms):
             with self.lane_io(lane):
                 self.check_settled(lane)
                 reply = lane.take_read()
@@ -455,7 +467,11 @@ class Worker:
                     reply = lane.finish_read()
                     if reply and not isinstance(reply, Exception):
                         for _, got in reply:
-                            self.serve(lane.stream, _entries(got))
+                            self.take_in(lane.stream, _entries(got))
+        while self._scheduler.waiting:  # what is held is run and answered before leaving
+            self.run_slice()
+        for lane in self._lanes.values():
+            with self.lane_io(lane):
                 self.send_owed(lane)
 
     def send_owed(self, lane: Lane) -> None:
@@ -483,27 +499,48 @@ class Worker:
                 if self._lifecycle is not None:
                     self._lifecycle.changed(name)
 
-    def serve(
+    def take_in(
         self, stream: str, raw: list[RawEntry], deliveries: dict[str, int] | None = None
     ) -> int:
-        """Admit, prepare, run and settle one stream's entries; the settlement goes
-        out with the lane's next read."""
+        """Admit and prepare one stream's entries and hold them for their turn; what
+        cannot run (dead letters, requests that failed their checks) is settled now."""
         assert self._executor is not None
         started_ms = self.now_ms()
         batch = admit(stream, raw, self.config.max_deliveries, deliveries)
         self._executor.prepare(batch.requests, started_ms)
-        if deliveries is None:
+        if deliveries is None and not self._scheduler.waiting:
             self.collect_more(stream, batch)
-        self._executor.run(batch.requests)
-        command = settle(stream, batch.entries, batch.requests, batch.settled, started_ms)
+        failed = self._scheduler.add(batch.entries, batch.requests)
+        if failed or batch.settled:
+            self.answer(stream, failed, batch.settled, started_ms)
+        return len(raw)
+
+    def run_slice(self) -> None:
+        """Run held requests in turns for one slice; answer the entries that finished
+        (the settlements go out with each lane's next read)."""
+        if not self._scheduler.waiting:
+            return
+        assert self._executor is not None
+        started_ms = self.now_ms()
+        finished, ran = self._scheduler.run_slice(self._executor.run, self.now_ms)
+        by_stream: dict[str, list[Held]] = {}
+        for held in finished:
+            by_stream.setdefault(held.entry.stream, []).append(held)
+        for stream, entries in by_stream.items():
+            self.answer(stream, entries, [], started_ms)
+        metrics.BATCH_SIZE.observe(len(ran))
+
+    def answer(
+        self, stream: str, finished: list[Held], dead: list[Settlement], started_ms: int
+    ) -> None:
+        requests = [r for held in finished for r in held.requests]
+        command = settle(stream, [h.entry for h in finished], requests, dead, started_ms)
         if command is not None:
             self._lane_of(stream).unsent.append(command)
-        record(batch.requests, started_ms, self.now_ms(), self._stats)
+        record(requests, started_ms, self.now_ms(), self._stats)
         assert self._lifecycle is not None
-        self._lifecycle.after_batch(batch.requests)
-        metrics.BATCH_SIZE.observe(len(batch.requests))
-        self.served += len(batch.requests)
-        return len(raw)
+        self._lifecycle.after_batch(requests)
+        self.served += len(requests)
 
     def _lane_of(self, stream: str) -> Lane:
         for lane in self._lanes.values():
@@ -543,6 +580,7 @@ class Worker:
     def reclaim_stream(self, stream: str) -> int:
         assert self._redis is not None
         try:
+            self.touch_held(stream)
             _, entries, *_ = self._redis.xautoclaim(
                 stream, GROUP, self.consumer,
                 min_idle_time=self.config.claim_idle_ms, start_id="0-0", count=256,
@@ -553,12 +591,26 @@ class Worker:
                 return 0
             raise
         self.forget_dead_consumers(stream)
-        live = [(_text(i), f) for i, f in entries if f]
+        live = [
+            (_text(i), f) for i, f in entries
+            if f and not self._scheduler.holds(stream, _text(i))
+        ]
         if not live:
             return 0
         log.info("reclaimed %d idle entries on %s", len(live), stream)
         metrics.RECLAIMED.inc(len(live))
-        return self.serve(stream, live, self.delivery_counts(stream, live))
+        return self.take_in(stream, live, self.delivery_counts(stream, live))
+
+    def touch_held(self, stream: str) -> None:
+        """Entries held for their turn are not idle: claiming them to ourselves again
+        (JUSTID: no delivery counted) resets their idle time, so that no worker, this
+        one included, reclaims them as abandoned."""
+        assert self._redis is not None
+        held = self._scheduler.held_ids(stream)
+        for start in range(0, len(held), 1000):
+            self._redis.xclaim(
+                stream, GROUP, self.consumer, 0, held[start : start + 1000], justid=True
+            )
 
     def forget_dead_consumers(self, stream: str) -> None:
         """Remove consumers of workers that are gone: they own nothing, have been

@@ -12,8 +12,8 @@ from inferis.client import ArgumentError, BusyError, Client
 from inferis.client.protocol import keys
 from inferis.engine.local.embedded import EmbeddedRedis
 
-from ..conftest import WorkerFactory
-from ..models import scale_model
+from ..conftest import WorkerFactory, queued
+from ..models import scale_model, slow_model
 
 
 def test_a_flooding_caller_is_bounded_and_the_others_are_admitted(
@@ -50,3 +50,56 @@ def test_a_flooding_caller_is_bounded_and_the_others_are_admitted(
         assert flood.predict("scale", {"X": x})["Y"].shape == (1, 3)
     with pytest.raises(ArgumentError, match="caller"):
         Client(url, caller="no spaces")
+
+
+BACKLOG = 120
+
+
+def _slow_then_fast(url: str, r: redis.Redis, start_workers: WorkerFactory, *args: str,
+                    fast_model: str) -> int:
+    """Queue a slow backlog from one caller, then one request from another; start a
+    worker and return how much of the backlog was still queued when the late request
+    was answered."""
+    slow_x = np.ones((128, 128), np.float32)
+    x = np.ones((1, 3), np.float32)
+    with Client(url, caller="backlog", timeout_ms=120_000) as backlog, \
+            Client(url, caller="late", timeout_ms=120_000) as late:
+        backlog.modelstore("slow", "onnx", slow_model(steps=40, size=128))
+        backlog.modelstore("scale", "onnx", scale_model(2.0))
+        futures = [backlog.submit("slow", {"X": slow_x}) for _ in range(BACKLOG)]
+        if fast_model == "slow":
+            mine = late.submit("slow", {"X": slow_x})
+        else:
+            mine = late.submit(fast_model, {"X": x})
+        start_workers(1, *args)
+        late.wait(mine).raise_for_error()
+        still_queued = queued(r)
+        for future in futures:
+            np.testing.assert_array_equal(backlog.wait(future).outputs["Y"], slow_x)
+    return still_queued
+
+
+@pytest.mark.parametrize("read_ahead", ["4096", "1"], ids=["in-turn", "stream-order"])
+def test_a_slow_models_backlog_does_not_hold_up_a_fast_model(
+    redis_server: EmbeddedRedis, r: redis.Redis, start_workers: WorkerFactory, read_ahead: str
+) -> None:
+    left = _slow_then_fast(
+        redis_server.url, r, start_workers, "--read-ahead", read_ahead, fast_model="scale"
+    )
+    if read_ahead == "1":  # the control: in stream order, the backlog runs first
+        assert left < BACKLOG // 2
+    else:
+        assert left > BACKLOG // 2
+
+
+@pytest.mark.parametrize("read_ahead", ["4096", "1"], ids=["in-turn", "stream-order"])
+def test_a_callers_flood_does_not_hold_up_another_caller_of_the_same_model(
+    redis_server: EmbeddedRedis, r: redis.Redis, start_workers: WorkerFactory, read_ahead: str
+) -> None:
+    left = _slow_then_fast(
+        redis_server.url, r, start_workers, "--read-ahead", read_ahead, fast_model="slow"
+    )
+    if read_ahead == "1":
+        assert left < BACKLOG // 2
+    else:
+        assert left > BACKLOG // 2
