@@ -6,8 +6,11 @@ their replies in order.
 ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` asks
 the Sentinels for the current primary of ``service`` and asks again after a
 failover, so clients and workers follow a promoted replica without operator
-action. redis-py makes the connections (handshake, AUTH, TLS, Sentinel);
-commands are packed by hiredis and replies parsed by redis-py's hiredis
+action. ``rediss+sentinel://...?ssl_ca_certs=...`` speaks TLS to the Sentinels
+and to the primary, with the TLS options of its query (those of ``rediss://``:
+``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``,
+``ssl_check_hostname``). redis-py makes the connections (handshake, AUTH, TLS,
+Sentinel); commands are packed by hiredis and replies parsed by redis-py's hiredis
 parser, without redis-py's per-command layers, which cost more than Redis
 itself on the hot path.
 """
@@ -18,21 +21,33 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import MasterNotFoundError as AsyncMasterNotFoundError
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
-from redis.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.connection import to_bool
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .protocol.errors import ArgumentError
 
 SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_TLS_SCHEME = "rediss+sentinel"
 # Replies are parsed as RESP2 everywhere: one shape to handle, whatever the URL says.
 _OPTIONS = {"protocol": 2}
+# The TLS options a multi-host URL's query may carry: those that redis-py's
+# Sentinel, RedisCluster and asyncio RedisCluster all take.
+TLS_QUERY_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str, "ssl_cert_reqs": str,
+    "ssl_check_hostname": to_bool,
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,8 @@ class SentinelTarget:
     service: str
     db: int
     password: str | None
+    # ssl=True and the ssl_* options, for the Sentinels and the primary alike ({}: plain)
+    tls: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_hosts(hostlist: str, what: str) -> list[tuple[str, int]]:
@@ -54,10 +71,25 @@ def parse_hosts(hostlist: str, what: str) -> list[tuple[str, int]]:
     return hosts
 
 
+def parse_tls_query(query: str, tls: bool, url: str) -> dict[str, Any]:
+    """``ssl=True`` and the TLS options in the query of a multi-host URL whose
+    scheme says TLS (``tls``); {} for a plain one. Anything else is refused, so a
+    misspelt option does not quietly leave a connection unverified."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in TLS_QUERY_OPTIONS:
+            raise ArgumentError(f"unknown URL option {name!r} (the options are "
+                                f"{', '.join(TLS_QUERY_OPTIONS)}): {url}")
+        options[name] = TLS_QUERY_OPTIONS[name](value)
+    if options and not tls:
+        raise ArgumentError(f"TLS options need a TLS scheme (rediss+...://): {url}")
+    return {"ssl": True, **options} if tls else {}
+
+
 def parse_sentinel_url(url: str) -> SentinelTarget:
     parts = urlsplit(url)
-    if parts.scheme != SENTINEL_SCHEME:
-        raise ArgumentError(f"not a {SENTINEL_SCHEME}:// URL: {url}")
+    if parts.scheme not in (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME):
+        raise ArgumentError(f"not a {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}:// URL: {url}")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     password = unquote(userinfo.partition(":")[2]) if userinfo else None
     hosts = parse_hosts(hostlist, "sentinel address")
@@ -65,19 +97,67 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     if not path:
         raise ArgumentError("a sentinel URL names its service: redis+sentinel://h:p/mymaster")
     db = int(path[1]) if len(path) > 1 else 0
-    return SentinelTarget(hosts, path[0], db, password or None)
+    tls = parse_tls_query(parts.query, parts.scheme == SENTINEL_TLS_SCHEME, url)
+    return SentinelTarget(hosts, path[0], db, password or None, tls)
 
 
 def is_sentinel_url(url: str) -> bool:
-    return url.startswith(SENTINEL_SCHEME + "://")
+    return url.startswith((SENTINEL_SCHEME + "://", SENTINEL_TLS_SCHEME + "://"))
 
 
 def _check_url(url: Any) -> str:
     if not isinstance(url, str) or "://" not in url:
         raise ArgumentError(
-            f"url must be redis://host:port[/db], rediss://... or redis+sentinel://..., got {url!r}"
+            "url must be redis://host:port[/db], rediss://..., redis+sentinel://... or "
+            f"rediss+sentinel://..., got {url!r}"
         )
     return url
+
+
+def _sentinel_options(target: SentinelTarget, retry: Any) -> dict[str, Any]:
+    """What each connection to a Sentinel gets: a short timeout, no retries of its
+    own (the next Sentinel is asked at once, and the caller retries the round; a
+    refused TLS handshake would be retried with backoff for seconds per Sentinel),
+    and the URL's TLS (redis-py's Sentinel would give them only the socket options)."""
+    return {"socket_timeout": 2.0, "retry": retry, **target.tls}
+
+
+def _no_primary(service: str, why: list[str]) -> str:
+    said = "; ".join(why) if why else "the Sentinels answered but name no healthy primary"
+    return f"no Sentinel named a primary for {service!r}: {said}"
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, saying why no Sentinel answered (a refused TLS handshake,
+    say): its own message names only each error's class."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError:
+            why = []
+            for sentinel in self.sentinels:
+                try:
+                    sentinel.ping()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    why.append(str(exc))
+            raise MasterNotFoundError(_no_primary(service_name, why)) from None
+
+
+class _AsyncSentinel(AsyncSentinel):
+    """:class:`_Sentinel` for asyncio."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            return await super().discover_master(service_name)
+        except AsyncMasterNotFoundError:
+            why = []
+            for sentinel in self.sentinels:
+                try:
+                    await sentinel.ping()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    why.append(str(exc))
+            raise AsyncMasterNotFoundError(_no_primary(service_name, why)) from None
 
 
 def sync_connection(url: str, **options: Any) -> redis.Redis:
@@ -86,9 +166,11 @@ def sync_connection(url: str, **options: Any) -> redis.Redis:
     if not is_sentinel_url(_check_url(url)):
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
-    sentinel = Sentinel(target.hosts, socket_timeout=2.0)
+    no_retry = Retry(NoBackoff(), 0)
+    sentinel = _Sentinel(target.hosts, sentinel_kwargs=_sentinel_options(target, no_retry),
+                         socket_timeout=2.0)
     return sentinel.master_for(
-        target.service, db=target.db, password=target.password, **options
+        target.service, db=target.db, password=target.password, **{**target.tls, **options}
     )
 
 
@@ -102,9 +184,11 @@ def async_pool(url: str, **options: Any) -> aioredis.ConnectionPool:
     if not is_sentinel_url(_check_url(url)):
         return aioredis.ConnectionPool.from_url(url, **options)
     target = parse_sentinel_url(url)
-    sentinel = AsyncSentinel(target.hosts, socket_timeout=2.0)
+    no_retry = AsyncRetry(NoBackoff(), 0)
+    sentinel = _AsyncSentinel(target.hosts, sentinel_kwargs=_sentinel_options(target, no_retry),
+                              socket_timeout=2.0)
     client = sentinel.master_for(
-        target.service, db=target.db, password=target.password, **options
+        target.service, db=target.db, password=target.password, **{**target.tls, **options}
     )
     return client.connection_pool
 

@@ -3,14 +3,16 @@ Redis Cluster that owns the key's slot.
 
 ``redis+cluster://[user:password@]host:port[,host:port...]`` names a cluster by
 some of its nodes; redis-py's cluster clients discover the rest, keep the slot
-map and refresh it on ``MOVED``. The transports use the routes to pick a
+map and refresh it on ``MOVED``. ``rediss+cluster://...?ssl_ca_certs=...`` speaks
+TLS to every node, with the TLS options of its query (as for
+``rediss+sentinel://``, connection.py). The transports use the routes to pick a
 connection for each command, and tell them when Redis said a slot moved.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -19,11 +21,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
-from .connection import async_pool, parse_hosts, sync_pool
-from .protocol.errors import ArgumentError, library_missing
+from .connection import async_pool, parse_hosts, parse_tls_query, sync_pool
+from .protocol.errors import ArgumentError, ConnectionLostError, library_missing
 
 CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_TLS_SCHEME = "rediss+cluster"
 # redis-py's replies that mean "ask another node": the routes refresh and the
 # command is sent again.
 REDIRECTS = (redis.exceptions.MovedError, redis.exceptions.AskError,
@@ -38,7 +42,8 @@ def must_resend(reply: object, cluster: bool) -> bool:
 
 
 def is_cluster_url(url: str) -> bool:
-    return isinstance(url, str) and url.startswith(CLUSTER_SCHEME + "://")
+    return isinstance(url, str) and url.startswith(
+        (CLUSTER_SCHEME + "://", CLUSTER_TLS_SCHEME + "://"))
 
 
 @dataclass(frozen=True)
@@ -46,21 +51,29 @@ class ClusterTarget:
     hosts: list[tuple[str, int]]
     username: str | None
     password: str | None
+    # ssl=True and the ssl_* options for every node ({}: plain)
+    tls: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_cluster_url(url: str) -> ClusterTarget:
     parts = urlsplit(url)
-    if parts.scheme != CLUSTER_SCHEME:
-        raise ArgumentError(f"not a {CLUSTER_SCHEME}:// URL: {url}")
+    if parts.scheme not in (CLUSTER_SCHEME, CLUSTER_TLS_SCHEME):
+        raise ArgumentError(f"not a {CLUSTER_SCHEME}:// or {CLUSTER_TLS_SCHEME}:// URL: {url}")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":") if userinfo else ("", "", "")
     hosts = parse_hosts(hostlist, "cluster node address")
-    return ClusterTarget(hosts, unquote(user) or None, unquote(password) or None)
+    tls = parse_tls_query(parts.query, parts.scheme == CLUSTER_TLS_SCHEME, url)
+    return ClusterTarget(hosts, unquote(user) or None, unquote(password) or None, tls)
 
 
-def cluster_url(hosts: Sequence[tuple[str, int]], password: str | None = None) -> str:
+def cluster_url(hosts: Sequence[tuple[str, int]], password: str | None = None,
+                tls_query: str | None = None) -> str:
+    """A cluster URL naming ``hosts``; with ``tls_query`` (TLS options, maybe
+    empty) a ``rediss+cluster://`` one."""
     auth = f":{password}@" if password else ""
-    return f"{CLUSTER_SCHEME}://{auth}" + ",".join(f"{h}:{p}" for h, p in hosts)
+    scheme = CLUSTER_SCHEME if tls_query is None else CLUSTER_TLS_SCHEME
+    query = f"?{tls_query}" if tls_query else ""
+    return f"{scheme}://{auth}" + ",".join(f"{h}:{p}" for h, p in hosts) + query
 
 
 class Routes:
@@ -72,11 +85,14 @@ class Routes:
         self._pool: redis.ConnectionPool | None = None
         if is_cluster_url(url):
             target = parse_cluster_url(url)
-            self.cluster = RedisCluster(
-                startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
-                username=target.username, password=target.password, protocol=2,
-                **options,
-            )
+            try:  # it asks the nodes for the slot map now
+                self.cluster = RedisCluster(
+                    startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
+                    username=target.username, password=target.password, protocol=2,
+                    **{**target.tls, **options},
+                )
+            except RedisClusterException as exc:  # no node answered (down, TLS refused)
+                raise ConnectionLostError(f"the cluster could not be reached: {exc}") from None
         else:
             self._pool = sync_pool(url, **options)
 
@@ -134,14 +150,18 @@ class AsyncRoutes:
             self.cluster = AsyncRedisCluster(
                 startup_nodes=[AsyncClusterNode(h, p) for h, p in target.hosts],
                 username=target.username, password=target.password, protocol=2,
-                **options,
+                **{**target.tls, **options},
             )
         else:
             self._pool = async_pool(url, **options)
 
     async def open(self) -> None:
         if self.cluster is not None and not self._opened:
-            await self.cluster.initialize()
+            try:
+                await self.cluster.initialize()
+            except RedisClusterException as exc:  # no node answered (down, TLS refused)
+                # a connection error, which the transport retries and then reports
+                raise redis.ConnectionError(str(exc)) from None
         self._opened = True
 
     def node_of(self, key: str) -> str:

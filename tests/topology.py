@@ -1,11 +1,13 @@
 """Replicated topologies on loopback, real processes: a replica and three Sentinels,
-or a Redis Cluster with workers beside its primaries."""
+or a Redis Cluster with workers beside its primaries; either one TLS only when
+given the local CA's files."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -14,17 +16,23 @@ from inferis.client.protocol.defaults import CLUSTER_PARTITIONS
 from inferis.engine.local.cluster import LocalCluster
 from inferis.engine.local.embedded import EmbeddedRedis, find_redis_server, free_port
 from inferis.engine.local.supervisor import WorkerPool
+from inferis.engine.local.tls import TlsFiles
 
 SERVICE = "inferis-primary"
 
 
 def replica_of(primary: EmbeddedRedis, data_dir: Path, **options: str) -> EmbeddedRedis:
-    config = {"replicaof": f"127.0.0.1 {primary.port}", **options}
-    return EmbeddedRedis(data_dir, appendfsync="always", extra_config=config)
+    """A replica with the primary's password and TLS (it may be promoted, and its
+    old primary may come back as its replica)."""
+    auth = {"masterauth": primary.password} if primary.password else {}
+    config = {"replicaof": f"127.0.0.1 {primary.port}", **auth, **options}
+    return EmbeddedRedis(data_dir, appendfsync="always", extra_config=config,
+                         password=primary.password, tls=primary.tls,
+                         mutual_tls=primary.mutual_tls)
 
 
 def wait_for_link(replica: EmbeddedRedis, timeout_s: float = 20.0) -> None:
-    conn = redis.Redis(port=replica.port)
+    conn = replica.client()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if conn.info("replication").get("master_link_status") == "up":
@@ -34,28 +42,54 @@ def wait_for_link(replica: EmbeddedRedis, timeout_s: float = 20.0) -> None:
 
 
 class Sentinels:
-    """Three Sentinels watching one primary; quorum 2, fast failure detection."""
+    """Three Sentinels watching one primary; quorum 2, fast failure detection.
+    With ``tls`` they listen only on TLS and reach the primary, the replicas and
+    one another over TLS (``tls-replication yes`` is what turns that on)."""
 
-    def __init__(self, data_dir: Path, primary_port: int, count: int = 3) -> None:
+    def __init__(self, data_dir: Path, primary_port: int, count: int = 3, *,
+                 password: str | None = None, tls: TlsFiles | None = None,
+                 mutual_tls: bool = False) -> None:
         self.data_dir = data_dir
         self.primary_port = primary_port
         self.ports = [free_port() for _ in range(count)]
+        self.password = password  # the primary's and replicas' (the Sentinels have none)
+        self.tls = tls
+        self.mutual_tls = mutual_tls
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is None:
+            return f"redis+sentinel://{auth}{hosts}/{SERVICE}"
+        return f"rediss+sentinel://{auth}{hosts}/{SERVICE}?{self.tls.query(self.mutual_tls)}"
+
+    def _options(self) -> dict[str, Any]:
+        return self.tls.options(self.mutual_tls) if self.tls is not None else {}
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, **self._options())
+
+    def node(self, port: int) -> redis.Redis:
+        """A client of the primary or a replica on ``port``."""
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password,
+                           **self._options())
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for port in self.ports:
             conf = self.data_dir / f"sentinel-{port}.conf"
+            listen = (self.tls.server_config(port, self.mutual_tls) if self.tls is not None
+                      else {"port": str(port)})
+            auth = f"sentinel auth-pass {SERVICE} {self.password}\n" if self.password else ""
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.data_dir.resolve()}\n"
+                "".join(f"{k} {v}\n" for k, v in listen.items())
+                + f"bind 127.0.0.1\ndir {self.data_dir.resolve()}\n"
                 f"logfile {(self.data_dir / f'sentinel-{port}.log').resolve()}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                + auth
+                + f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
             )
@@ -66,10 +100,10 @@ class Sentinels:
                 )
             )
         for port in self.ports:
-            self._wait(lambda p=port: redis.Redis(port=p).ping())
+            self._wait(lambda p=port: self.sentinel(p).ping())
 
     def primary_port_now(self) -> int:
-        addr = redis.Redis(port=self.ports[0]).sentinel_get_master_addr_by_name(SERVICE)
+        addr = self.sentinel(self.ports[0]).sentinel_get_master_addr_by_name(SERVICE)
         return int(addr[1])
 
     def wait_for_failover(self, old_port: int, timeout_s: float = 60.0) -> int:
@@ -77,9 +111,7 @@ class Sentinels:
         while time.monotonic() < deadline:
             try:
                 port = self.primary_port_now()
-                if port != old_port and redis.Redis(port=port).info("replication")["role"] == (
-                    "master"
-                ):
+                if port != old_port and self.node(port).info("replication")["role"] == "master":
                     return port
             except redis.RedisError:
                 pass
@@ -109,8 +141,11 @@ class ClusterStack:
     lays them out; workers beside a node added later are started on demand."""
 
     def __init__(self, data_dir: Path, primaries: int = 3, replicas: int = 1,
-                 worker_args: tuple[str, ...] = (), appendfsync: str = "always") -> None:
-        self.cluster = LocalCluster(data_dir, primaries, replicas, appendfsync=appendfsync)
+                 worker_args: tuple[str, ...] = (), appendfsync: str = "always", *,
+                 password: str | None = None, tls: TlsFiles | None = None,
+                 mutual_tls: bool = False) -> None:
+        self.cluster = LocalCluster(data_dir, primaries, replicas, appendfsync=appendfsync,
+                                    password=password, tls=tls, mutual_tls=mutual_tls)
         self.worker_args = ["--log-level", "WARNING", *worker_args]
         self.pools: dict[int, WorkerPool] = {}
 
@@ -133,7 +168,7 @@ class ClusterStack:
     def wait_served(self, timeout_s: float = 60.0) -> None:
         """Until every spread partition's request stream has a consumer group."""
         cluster = redis.RedisCluster(host="127.0.0.1", port=self.cluster.nodes[0].port,
-                                     password=self.cluster.password)
+                                     **self.cluster.client_options())
         deadline = time.monotonic() + timeout_s
         try:
             for partition in keys.spread_partitions(CLUSTER_PARTITIONS):

@@ -38,8 +38,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     up.add_argument("--replicas", type=int, default=1, metavar="R",
                     help="replicas per primary with --cluster")
     up.add_argument("--tls", action="store_true",
-                    help="TLS only (the plain port off): a local CA and certificates are made "
-                         "in <data-dir>/tls and the printed rediss:// URL trusts them")
+                    help="TLS only (the plain port off; with --cluster the cluster bus and "
+                         "replication too): a local CA and certificates are made in "
+                         "<data-dir>/tls and the printed rediss:// (rediss+cluster://) URL "
+                         "trusts them")
     up.add_argument("--mutual-tls", action="store_true",
                     help="with --tls, clients must show a certificate of that CA too")
     up.add_argument("--no-password", action="store_true",
@@ -146,12 +148,17 @@ def running_cluster(
     appendfsync: str = "everysec",
     metrics_base_port: int = 0,
     password: bool = True,
+    tls: bool = False,
+    mutual_tls: bool = False,
 ) -> Iterator[tuple[str, list[WorkerPool]]]:
     """A local Redis Cluster with ``workers`` workers beside each primary (each
-    serves the partitions its primary holds); everything stops on exit."""
+    serves the partitions its primary holds); everything stops on exit. With
+    ``tls`` every node speaks only TLS (certificates as for :func:`running`)."""
     cluster = LocalCluster(
         data_dir, primaries, replicas, appendfsync=appendfsync,
         password=data_dir_password(data_dir) if password else None,
+        tls=make_certificates(Path(data_dir) / "tls") if tls else None,
+        mutual_tls=mutual_tls,
     )
     pools: list[WorkerPool] = []
     try:
@@ -169,6 +176,8 @@ def running_cluster(
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
+    if ns.mutual_tls and not ns.tls:
+        raise ConfigError("--mutual-tls goes with --tls")
     if ns.cluster:
         if ns.redis:
             raise ConfigError("--cluster starts its own Redis Cluster: leave out --redis")
@@ -176,12 +185,11 @@ def cmd_up(ns: argparse.Namespace) -> int:
             raise ConfigError("--cluster takes at least 1 primary, --replicas at least 0")
         started = running_cluster(
             ns.cluster, ns.replicas, ns.workers, _child_argv(ns), Path(ns.data_dir),
-            ns.appendfsync, ns.metrics_port, password=not ns.no_password,
+            ns.appendfsync, ns.metrics_port, password=not ns.no_password, tls=ns.tls,
+            mutual_tls=ns.mutual_tls,
         )
         shape = f"{ns.cluster} primaries x {ns.replicas} replicas, {ns.workers} workers each"
     else:
-        if ns.mutual_tls and not ns.tls:
-            raise ConfigError("--mutual-tls goes with --tls")
         if ns.tls and ns.redis:
             raise ConfigError("--tls sets up the private Redis: give your own as a rediss:// "
                               "--redis URL instead")

@@ -1,6 +1,7 @@
 """A Redis Cluster on loopback: N primaries with R replicas each (``inferis up
 --cluster`` and the tests). Real ``redis-server --cluster-enabled yes``
-processes, joined with ``redis-cli --cluster create``.
+processes, joined with ``redis-cli --cluster create``; with TLS, every node
+speaks only TLS, to clients, to its replicas and on the cluster bus.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from inferis.client.routing import cluster_url
 
 from .embedded import EmbeddedRedis, RedisServerError, free_port
+from .tls import TlsFiles
 
 
 def find_redis_cli() -> str:
@@ -57,6 +60,8 @@ class LocalCluster:
         appendfsync: str = "everysec",
         node_timeout_ms: int = 2000,
         password: str | None = None,
+        tls: TlsFiles | None = None,
+        mutual_tls: bool = False,
     ) -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError("a cluster has at least one primary and no negative replicas")
@@ -66,17 +71,28 @@ class LocalCluster:
         self.appendfsync = appendfsync
         self.node_timeout_ms = node_timeout_ms
         self.password = password
+        self.tls = tls
+        self.mutual_tls = mutual_tls
         self.nodes: list[EmbeddedRedis] = []
 
     @property
     def url(self) -> str:
-        """A ``redis+cluster://`` URL naming every node (clients need only one)."""
-        return cluster_url(self.startup_nodes, self.password)
+        """A ``redis+cluster://`` URL naming every node (clients need only one);
+        ``rediss+cluster://`` with TLS, its query trusting the local CA."""
+        return self._url(self.startup_nodes)
 
     def url_beside(self, port: int) -> str:
         """The URL for a worker beside the node on ``port``: that node first."""
-        hosts = [("127.0.0.1", port)] + [h for h in self.startup_nodes if h[1] != port]
-        return cluster_url(hosts, self.password)
+        return self._url([("127.0.0.1", port)] + [h for h in self.startup_nodes if h[1] != port])
+
+    def _url(self, hosts: list[tuple[str, int]]) -> str:
+        query = self.tls.query(self.mutual_tls) if self.tls is not None else None
+        return cluster_url(hosts, self.password, query)
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py's keyword arguments (password, TLS) for a client of any node."""
+        tls = self.tls.options(self.mutual_tls) if self.tls is not None else {}
+        return {"password": self.password, **tls}
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:
@@ -86,12 +102,15 @@ class LocalCluster:
         return next(n for n in self.nodes if n.port == port)
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, password=self.password)
+        return redis.Redis(host="127.0.0.1", port=port, **self.client_options())
 
     def _cli(self, *args: str, timeout_s: float = 60.0) -> None:
         """``redis-cli --cluster ...``; retried while the nodes' views of the
         configuration still differ (gossip settles within a few seconds)."""
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        if self.tls is not None:
+            auth += ["--tls", "--cacert", str(self.tls.ca), "--cert", str(self.tls.client_cert),
+                     "--key", str(self.tls.client_key)]
         deadline = time.monotonic() + timeout_s
         while True:
             done = subprocess.run([find_redis_cli(), *auth, "--cluster", *args],
@@ -107,13 +126,18 @@ class LocalCluster:
     def make_node(self, index: int, port: int | None = None) -> EmbeddedRedis:
         port = port or cluster_port()
         auth = {"masterauth": self.password} if self.password else {}
+        # the bus is TLS too, and nodes tell TLS clients their TLS port
+        bus = {"tls-cluster": "yes"} if self.tls is not None else {}
         return EmbeddedRedis(
             self.data_dir / f"node-{index}-{port}",
             port=port,
             appendfsync=self.appendfsync,
             password=self.password,
+            tls=self.tls,
+            mutual_tls=self.mutual_tls,
             extra_config={
                 **auth,
+                **bus,
                 "cluster-enabled": "yes",
                 "cluster-config-file": "nodes.conf",
                 "cluster-node-timeout": str(self.node_timeout_ms),
@@ -285,7 +309,8 @@ class LocalCluster:
         """Start a killed node again on its port and data (it rejoins as it was told)."""
         old = self.node(port)
         node = EmbeddedRedis(old.data_dir, port=port, appendfsync=self.appendfsync,
-                             password=self.password, extra_config=old.extra_config)
+                             password=self.password, tls=self.tls, mutual_tls=self.mutual_tls,
+                             extra_config=old.extra_config)
         node.start()
         self.nodes = [node if n.port == port else n for n in self.nodes]
         return node

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -36,13 +37,6 @@ def find_redis_server() -> str:
             "or pass --redis URL"
         )
     return path
-
-
-def _probe(port: int, password: str | None = None) -> redis.Redis:
-    """A client that fails at once instead of retrying: we poll it ourselves."""
-    return redis.Redis(
-        port=port, password=password, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
-    )
 
 
 def data_dir_password(data_dir: Path) -> str:
@@ -121,20 +115,20 @@ class EmbeddedRedis:
 
     def _tls_config(self) -> dict[str, str]:
         assert self.tls is not None
-        return {
-            "port": "0", "tls-port": str(self.port),
-            "tls-cert-file": str(self.tls.server_cert), "tls-key-file": str(self.tls.server_key),
-            "tls-ca-cert-file": str(self.tls.ca),
-            "tls-auth-clients": "yes" if self.mutual_tls else "no",
-            "tls-replication": "yes",
-        }
+        return self.tls.server_config(self.port, self.mutual_tls)
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py's keyword arguments (password, TLS) for a client of this Redis."""
+        tls = self.tls.options(self.mutual_tls) if self.tls is not None else {}
+        return {"password": self.password, **tls}
+
+    def client(self, **options: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, **self.client_options(),
+                           **options)
 
     def probe(self) -> redis.Redis:
         """A client that fails at once instead of retrying: we poll it ourselves."""
-        if self.tls is None:
-            return _probe(self.port, self.password)
-        return redis.Redis.from_url(self.url, socket_connect_timeout=0.5,
-                                    retry=Retry(NoBackoff(), 0))
+        return self.client(socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
 
     def start(self, timeout_s: float = 10.0) -> str:
         config = self._write_config()

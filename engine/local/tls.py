@@ -1,6 +1,6 @@
-"""A local certificate authority and the certificates of a TLS-only Redis
-(``inferis up --tls``, the tests): made with ``cryptography``, kept in a folder,
-reused when they are there."""
+"""A local certificate authority and the certificates of TLS-only Redis servers,
+Sentinels and Cluster nodes (``inferis up --tls``, the tests): made with
+``cryptography``, kept in a folder, reused when they are there."""
 
 from __future__ import annotations
 
@@ -21,13 +21,36 @@ class TlsFiles:
     client_cert: Path
     client_key: Path
 
-    def query(self, mutual: bool) -> str:
-        """The ``rediss://`` query string of a client that trusts this CA (and shows
-        its certificate when the server asks for one)."""
-        params = {"ssl_ca_certs": str(self.ca), "ssl_cert_reqs": "required"}
+    def options(self, mutual: bool) -> dict[str, Any]:
+        """redis-py's keyword arguments for a client that trusts this CA (and shows
+        its certificate, which a server with mutual TLS asks for)."""
+        params: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.ca),
+                                  "ssl_cert_reqs": "required"}
         if mutual:
             params |= {"ssl_certfile": str(self.client_cert), "ssl_keyfile": str(self.client_key)}
+        return params
+
+    def query(self, mutual: bool) -> str:
+        """The same as the query string of a ``rediss://`` (or ``rediss+sentinel://``,
+        ``rediss+cluster://``) URL."""
+        params = {k: v for k, v in self.options(mutual).items() if k != "ssl"}
         return urlencode(params, quote_via=quote)
+
+    def server_config(self, port: int, mutual: bool) -> dict[str, str]:
+        """redis.conf (or sentinel.conf) lines for TLS only on ``port``: the plain
+        port off, replication, Sentinel's links and the cluster bus over TLS too."""
+        return {
+            "port": "0", "tls-port": str(port),
+            "tls-cert-file": str(self.server_cert), "tls-key-file": str(self.server_key),
+            "tls-ca-cert-file": str(self.ca),
+            "tls-auth-clients": "yes" if mutual else "no",
+            "tls-replication": "yes",
+            # Outgoing links (a replica to its primary, a Sentinel to what it watches,
+            # the cluster bus) show the client certificate: the server one is for
+            # server auth only, which a peer asking for a client certificate refuses.
+            "tls-client-cert-file": str(self.client_cert),
+            "tls-client-key-file": str(self.client_key),
+        }
 
 
 def make_certificates(folder: Path, days: int = 365) -> TlsFiles:
