@@ -37,8 +37,9 @@ class RequestIds:
 class InFlight:
     """Waiters by request id, and the read position of each reply stream."""
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, region: str = "") -> None:
         self._client_id = client_id
+        self.region = region  # Active-Active: the region whose partition keys it uses
         self.streams: dict[int, str] = {}
         self._last_ids: dict[str, str] = {}
         self._consumed: dict[str, list[str]] = {}
@@ -51,7 +52,9 @@ class InFlight:
         """This client's reply stream on ``partition`` (read from then on)."""
         stream = self.streams.get(partition)
         if stream is None:
-            stream = self.streams[partition] = keys.reply_stream(partition, self._client_id)
+            stream = self.streams[partition] = keys.reply_stream(
+                partition, self._client_id, self.region
+            )
             self._last_ids[stream] = "0-0"
         return stream
 

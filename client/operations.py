@@ -127,6 +127,7 @@ class Operations:
         partitions: int | Sequence[int] | None = None,
         cluster: bool = False,
         caller: str = "",
+        region: str = "",
     ) -> None:
         _check_int("partition", partition, 0)
         _check_int("timeout_ms", timeout_ms, 1, MAX_TIMEOUT_MS)
@@ -152,15 +153,23 @@ class Operations:
         self.cluster = cluster
         # The partitions runs are spread over: one on a single Redis; in a cluster,
         # CLUSTER_PARTITIONS spread over the slots (so over every primary).
-        self.partitions = _partition_list(partitions, partition, cluster)
+        self.partitions = _partition_list(partitions, partition, cluster, region)
         self.partition = self.partitions[0]
         self._next = 0
         self._spread: list[int] = self.partitions
         self._spread_due = 0.0
         if not isinstance(caller, str) or (caller and not _CALLER.match(caller)):
             raise ArgumentError(f"caller must be 1-32 letters, digits or _, got {caller!r}")
+        if not isinstance(region, str) or (region and not keys.is_region_name(region)):
+            raise ArgumentError(
+                f"region must be a name like eu or us-east (lowercase), got {region!r}")
+        # Active-Active: this client's region (docs/ACTIVE-ACTIVE.md). Its runs queue
+        # under the region's own partition keys; its stores and alias changes name the
+        # region's index in inferis:regions (read once).
+        self.region = region
+        self._region_number: int | None = None if region else 0
         self._ids = RequestIds(caller)
-        self._inflight = InFlight(self._ids.client_id)
+        self._inflight = InFlight(self._ids.client_id, region)
         self.caller = caller
         # The ACL user this client's connections authenticate as (they share one URL,
         # so one user): asked once, stated in the audit's `by`.
@@ -206,7 +215,7 @@ class Operations:
         named = _named_inputs(inputs)
         # A run goes where its stored inputs are (one slot), else to the next partition.
         partition = self._partition_of_refs([v.key for _, v in named if isinstance(v, Ref)])
-        base = keys.partition_tag(partition)
+        base = keys.partition_tag(partition, self.region)
         slots = []
         for position, (name, value) in enumerate(named):
             if isinstance(value, Ref):
@@ -342,6 +351,7 @@ class Operations:
         if not isinstance(backend, str) or not backend:
             raise ArgumentError(f"backend must be a name such as 'onnx', got {backend!r}")
         options["by"] = yield from self._stated_by(options.pop("by", ""), name)
+        options["region"] = yield from self._region_index()
         progress = options.pop("progress", None)
         if progress is not None and not callable(progress):
             raise ArgumentError("progress must be a callable taking (sent_bytes, total_bytes)")
@@ -443,13 +453,13 @@ class Operations:
 
     @operation
     def modellist(self) -> Plan[list[str]]:
-        """Model names: a SCAN of every primary for their ``latest`` keys."""
+        """Model names: a SCAN of every primary for their ``versions`` keys."""
         names: set[str] = set()
         for node in (yield Primaries()):
             cursor: Any = 0
             while True:
                 cursor, found = yield Call(
-                    ("SCAN", cursor, "MATCH", keys.MODEL_LATEST_PATTERN, "COUNT", 1000),
+                    ("SCAN", cursor, "MATCH", keys.MODEL_VERSIONS_PATTERN, "COUNT", 1000),
                     node=node,
                 )
                 names.update(keys.model_name_of(k) for k in found)
@@ -486,6 +496,7 @@ class Operations:
             name, alias, spec, shadow=shadow or 0,
             shadow_ppm=round(shadow_share * aliases.PPM),
             guard=guard_args, log_ttl_ms=log_ttl_ms, by=stated, warm=warm,
+            region=(yield from self._region_index()),
         )
         state, epoch = yield command
         return _text(state), int(epoch)
@@ -493,7 +504,7 @@ class Operations:
     @operation
     def alias_commit(self, name: str, alias: str) -> Plan[tuple[str, int]]:
         """Commit a pending alias change if it is warm everywhere now."""
-        state, epoch = yield commands.alias_commit(name, alias)
+        state, epoch = yield commands.alias_commit(name, alias, (yield from self._region_index()))
         return _text(state), int(epoch)
 
     @operation
@@ -507,7 +518,8 @@ class Operations:
     @operation
     def alias_del(self, name: str, alias: str, *, by: str = "") -> Plan[int]:
         stated = yield from self._stated_by(by, name)
-        return int((yield commands.alias_del(name, alias, stated)))
+        region = yield from self._region_index()
+        return int((yield commands.alias_del(name, alias, stated, region)))
 
     @operation
     def alias_history(self, name: str, count: int = 100) -> Plan[list[dict[str, str]]]:
@@ -582,7 +594,7 @@ class Operations:
             _check_int("per_caller", per_caller, 0)
             fields += ["max_queue_per_caller", per_caller]
         for partition in self.partitions:
-            limits = keys.partition_limits(partition)
+            limits = keys.partition_limits(partition, self.region)
             yield Call(("HSET", limits, *fields), True, route=limits)
 
     @operation
@@ -591,7 +603,7 @@ class Operations:
         partition of this client; 0 goes back to the default (DEADLETTER_MAXLEN)."""
         _check_int("maxlen", maxlen, 0)
         for partition in self.partitions:
-            limits = keys.partition_limits(partition)
+            limits = keys.partition_limits(partition, self.region)
             yield Call(("HSET", limits, "deadletter_maxlen", maxlen), True, route=limits)
 
     @operation
@@ -609,7 +621,7 @@ class Operations:
         user id, say) among this client's partitions. A run passed it by key goes to
         that partition, so the request and the tensor share one slot."""
         partition = keys.partition_for(_key("routing_key", routing_key), self.partitions)
-        return f"{keys.partition_tag(partition)}:{routing_key}:{_key('name', name)}"
+        return f"{keys.partition_tag(partition, self.region)}:{routing_key}:{_key('name', name)}"
 
     # ---------------------------------------------------------------- helpers
 
@@ -625,6 +637,19 @@ class Operations:
             except (PermissionDeniedError, RedisRefusedError):
                 self._acl_user = ""  # a user without ACL WHOAMI: stated as unknown
         return audit.stated_by(self._acl_user, by or self.caller)
+
+    def _region_index(self) -> Plan[int]:
+        """This client's region index in ``inferis:regions`` (read once); 0 without a
+        region."""
+        if self._region_number is None:
+            listed = _text((yield Call(("GET", keys.REGIONS), route=keys.REGIONS)) or b"")
+            index = keys.region_index(listed, self.region)
+            if index is None:
+                raise ArgumentError(
+                    f"region {self.region!r} is not in {keys.REGIONS} ({listed or 'unset'}); "
+                    "name the deployment's regions once with: inferis regions NAME,NAME,...")
+            self._region_number = index
+        return self._region_number
 
     def _timeout(self, timeout_ms: int | None) -> int:
         if timeout_ms is None:
@@ -648,7 +673,7 @@ class Operations:
         slots move."""
         now = time.monotonic()
         if now >= self._spread_due:
-            found = _first_per_node(self.partitions, self._node_of)
+            found = _first_per_node(self.partitions, self._node_of, self.region)
             if found is not None:
                 self._spread, self._spread_due = found, now + 1.0
         return self._spread
@@ -665,7 +690,7 @@ class Operations:
         found = {keys.partition_of(_key("stored input key", k)) for k in ref_keys}
         partition = found.pop() if len(found) == 1 else None
         if partition is None or partition not in self.partitions:
-            example = keys.partition_tag(self.partition)
+            example = keys.partition_tag(self.partition, self.region)
             raise ArgumentError(
                 f"stored keys {list(ref_keys)} must all carry one partition tag of this client "
                 f"(like {example}:features; client.key_for(user, name) makes such names), so "
@@ -675,11 +700,11 @@ class Operations:
         return partition
 
 
-def _first_per_node(partitions: Sequence[int], node_of: Callable[[str], str | None]
-                    ) -> list[int] | None:
+def _first_per_node(partitions: Sequence[int], node_of: Callable[[str], str | None],
+                    region: str = "") -> list[int] | None:
     by_node: dict[str, int] = {}
     for partition in partitions:
-        node = node_of(keys.request_stream(partition))
+        node = node_of(keys.request_stream(partition, region))
         if node is None:
             return None
         by_node.setdefault(node, partition)
@@ -701,11 +726,11 @@ def enqueue_commands(
         if step.coalescable:
             groups.setdefault(step.partition, []).append((step, owner))
         else:
-            stream = keys.request_stream(step.partition)
+            stream = keys.request_stream(step.partition, inflight.region)
             reply = inflight.reply_stream(step.partition)
             calls.append((commands.modelrun(stream, reply, step.request), [owner]))
     for partition, members in groups.items():
-        stream = keys.request_stream(partition)
+        stream = keys.request_stream(partition, inflight.region)
         reply = inflight.reply_stream(partition)
         chunk: list[tuple[Submit, T]] = []
         size = 0
@@ -771,13 +796,13 @@ def _text(value: Any) -> str:
 
 
 def _partition_list(
-    partitions: int | Sequence[int] | None, partition: int, cluster: bool
+    partitions: int | Sequence[int] | None, partition: int, cluster: bool, region: str = ""
 ) -> list[int]:
     if partitions is None:
-        return list(keys.spread_partitions(CLUSTER_PARTITIONS)) if cluster else [partition]
+        return list(keys.spread_partitions(CLUSTER_PARTITIONS, region)) if cluster else [partition]
     if isinstance(partitions, int) and not isinstance(partitions, bool):
         _check_int("partitions", partitions, 1, 16384)
-        return list(keys.spread_partitions(partitions))
+        return list(keys.spread_partitions(partitions, region))
     listed = list(partitions)
     for number in listed:
         _check_int("partitions item", number, 0)

@@ -85,12 +85,13 @@ class Client(Operations):
         wait_timeout_ms: int = 1000,
         reconnect_window_s: float = RECONNECT_WINDOW_S,
         caller: str = "",
+        region: str = "",
     ) -> None:
         super().__init__(
             partition=partition, timeout_ms=timeout_ms, ttl_ms=ttl_ms,
             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
             reconnect_window_s=reconnect_window_s, partitions=partitions,
-            cluster=is_cluster_url(url), caller=caller,
+            cluster=is_cluster_url(url), caller=caller, region=region,
         )
         self._url = url
         # Reply connections block in XREAD: their sockets wait longer than that.

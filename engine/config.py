@@ -30,6 +30,10 @@ class WorkerConfig:
     cluster_partitions: int = _opt(
         16, "in a cluster, how many partitions spread over the slots (as the clients' partitions=)"
     )
+    region: str = _opt(
+        "", "Active-Active: the region this worker serves (a name in inferis:regions); it "
+        "reads only that region's partitions (docs/ACTIVE-ACTIVE.md)"
+    )
     device: str = _opt("CPU", "device this worker serves (CPU, GPU:0)")
     intra_op_threads: int = _opt(1, "threads per model run (0: the framework's default)")
     inter_op_threads: int = _opt(1, "threads across independent ops of one run")

@@ -191,6 +191,7 @@ class ModelStats:
     def flush_due(self, conn: redis.Redis, force: bool = False,
                   held: Callable[[], Iterable[str]] = tuple) -> None:
         """Send the counters (and a heartbeat for every model ``held()`` names) when due."""
+        self.region = 0  # Active-Active: the worker's region index (the guards' decisions)
         if not force and time.monotonic() < self._next_flush:
             return
         self._next_flush = time.monotonic() + self.interval_s
@@ -204,7 +205,9 @@ class ModelStats:
             return
         pipe = conn.pipeline(transaction=False)
         for model, counts in per_model.items():
-            pipe.execute_command(*commands.worker_stats(model, self.consumer, counts).as_args())
+            pipe.execute_command(
+                *commands.worker_stats(model, self.consumer, counts, self.region).as_args()
+            )
         try:
             pipe.execute()
         except Exception:

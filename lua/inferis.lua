@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '10'
+local LIB_VERSION = '11'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -31,6 +31,14 @@ local DEADLETTER_MAXLEN = 10000
 local AUDIT_MAXLEN = 10000
 local MAX_BY_BYTES = 256  -- the 'by' a caller states
 local MAX_CALL_REQUESTS = 256
+-- Active-Active (docs/ACTIVE-ACTIVE.md): a writer names its region by index
+-- (REGION n, 1..MAX_REGIONS; 0 or none: a single-region deployment). Region n
+-- numbers its versions n mod VERSION_STRIDE, and its index orders the alias
+-- decisions two regions make at once.
+local MAX_REGIONS = 15
+local VERSION_STRIDE = 16
+-- Alias decisions kept per alias (older ones are pruned as new ones land).
+local ALIAS_KEEP = 8
 -- No Function may hold Redis for long: what Lua converts element by element
 -- (VALUES in and out) and what it builds from nothing (a tensor without data)
 -- is bounded; larger tensors travel as BLOB or RAW, which are plain copies.
@@ -400,6 +408,90 @@ end
 
 local function model_base(name) return 'inferis:{' .. name .. '}' end
 
+local function region_index(v)
+  return to_int(v, 'REGION (the region index, 0-' .. MAX_REGIONS .. ')', 0, MAX_REGIONS)
+end
+
+-- The newest version: the highest number in the versions set. A set merges by
+-- union across regions, so every region resolves latest to the same version
+-- (a 'latest' string would be last-write-wins by wall clock).
+local function latest_version(base)
+  local newest = redis.call('ZRANGE', base .. ':versions', -1, -1)
+  return newest[1]
+end
+
+-- A new version number. Region 0 counts 1, 2, 3...; region n > 0 takes the next
+-- number above every version it has seen (and above its own last one: numbers
+-- are never reused) that is n modulo VERSION_STRIDE, so two regions storing at
+-- once never pick the same number. Only region n writes :seq:<n>.
+local function next_version(base, region)
+  if region == 0 then return redis.call('INCR', base .. ':seq') end
+  local floor = tonumber(latest_version(base) or '0')
+  floor = math.max(floor, tonumber(redis.call('GET', base .. ':seq') or '0'),
+                   tonumber(redis.call('GET', base .. ':seq:' .. region) or '0'))
+  local version = (math.floor(floor / VERSION_STRIDE) + 1) * VERSION_STRIDE + region
+  redis.call('SET', base .. ':seq:' .. region, version)
+  return version
+end
+
+-- Aliases: inferis:{<name>}:alias:<alias> is a hash of decisions, field
+-- "<epoch>.<region>" -> the alias's whole record as JSON. The alias is the
+-- decision with the highest epoch, a tie (two regions deciding at once) going
+-- to the lower region index. A change writes a new decision one epoch above
+-- the current one and never rewrites a field, so hash fields that merge by
+-- union across regions leave every region resolving the same decision: no
+-- wall clock decides (docs/ACTIVE-ACTIVE.md).
+local function alias_key(base, alias) return base .. ':alias:' .. alias end
+
+local function decision_of(field)
+  local epoch, region = string.match(field, '^(%d+)%.(%d+)$')
+  if not epoch then return nil end
+  return tonumber(epoch), tonumber(region)
+end
+
+-- The alias's record (nil if it has none or was deleted) and its epoch.
+local function alias_get(base, alias)
+  local flat = redis.call('HGETALL', alias_key(base, alias))
+  local best_epoch, best_region, best = 0, 0, nil
+  for j = 1, #flat, 2 do
+    local epoch, region = decision_of(flat[j])
+    if epoch and (epoch > best_epoch or (epoch == best_epoch and region < best_region)) then
+      best_epoch, best_region, best = epoch, region, flat[j + 1]
+    end
+  end
+  if not best then return nil, 0 end
+  local ok, a = pcall(cjson.decode, best)
+  if not ok or type(a) ~= 'table' or a.deleted then return nil, best_epoch end
+  a.epoch = tostring(best_epoch)
+  return a, best_epoch
+end
+
+-- Write ``a`` as the alias's next decision, made in ``region``; returns its epoch.
+local function alias_put(base, alias, a, region)
+  local key = alias_key(base, alias)
+  local fields = redis.call('HKEYS', key)
+  local top = 0
+  for _, field in ipairs(fields) do top = math.max(top, decision_of(field) or 0) end
+  local epoch = top + 1
+  local record = {}
+  for k, v in pairs(a) do
+    if k ~= 'epoch' then record[k] = tostring(v) end
+  end
+  redis.call('HSET', key, epoch .. '.' .. (region or 0), cjson.encode(record))
+  for _, field in ipairs(fields) do
+    local e = decision_of(field)
+    if not e or e <= epoch - ALIAS_KEEP then redis.call('HDEL', key, field) end
+  end
+  return epoch
+end
+
+-- The version an alias routes most of its traffic to first (its first arm).
+local function alias_primary(base, alias)
+  local a = alias_get(base, alias)
+  if not a or not a.spec then return nil end
+  return string.match(a.spec, '^(%d+)')
+end
+
 -- The audit: one stream per model (inferis:{<name>}:audit) of who stored, deleted,
 -- re-pointed, exported or loaded it. Lua cannot ask Redis who the caller is (ACL
 -- WHOAMI is noscript), so 'by' is what the caller states (docs/PROTOCOL.md §17).
@@ -428,7 +520,7 @@ end
 local function resolve_version(base, name, v)
   local version
   if v == nil or v == '' or string.lower(v) == 'latest' then
-    version = redis.call('GET', base .. ':latest')
+    version = latest_version(base)
     if not version then fail('EMODEL', 'model ' .. name .. ' has no versions') end
   elseif string.match(v, '^%d+$') then
     version = v
@@ -436,7 +528,7 @@ local function resolve_version(base, name, v)
     version = redis.call('HGET', base .. ':digests', string.lower(v))
     if not version then fail('EMODEL', 'model ' .. name .. ' has no version with digest ' .. v) end
   else
-    version = redis.call('HGET', base .. ':aliases', v)
+    version = alias_primary(base, v)
     if not version then fail('EMODEL', 'model ' .. name .. ' has no version or alias ' .. v) end
   end
   if redis.call('EXISTS', base .. ':v:' .. version) == 0 then
@@ -499,11 +591,12 @@ local function modelstore(keys, args)
   check_name(name)
   local m = {backend = nil, format = '', device = 'CPU', inputs = {}, outputs = {}, tags = {},
              batching = {}, extra = '{}'}
-  local digest, blob, chunks, by = nil, nil, nil, ''
+  local digest, blob, chunks, by, region = nil, nil, nil, '', 0
   local i = 1
   while i <= #args do
     local u = upper(args[i])
     if u == 'BACKEND' then m.backend = string.lower(args[i + 1] or ''); i = i + 2
+    elseif u == 'REGION' then region = region_index(args[i + 1]); i = i + 2
     elseif u == 'FORMAT' then m.format = string.lower(args[i + 1] or ''); i = i + 2
     elseif u == 'DEVICE' then m.device = upper(args[i + 1]); i = i + 2
     elseif u == 'DIGEST' then digest = string.lower(args[i + 1] or ''); i = i + 2
@@ -569,11 +662,11 @@ local function modelstore(keys, args)
   if existing then return {tonumber(existing), digest, 0} end
 
   may('store the blob', chunks and 'PERSIST' or 'SET', base .. ':blob:' .. digest .. ':0', 'x')
-  may('number the version', 'INCR', base .. ':seq')
+  may('number the version', region == 0 and 'INCR' or 'SET', base .. ':seq' ..
+      (region == 0 and '' or ':' .. region), '1')
   may('write the metadata', 'HSET', base .. ':v:1', 'f', 'v')
   may('index the digest', 'HSET', base .. ':digests', 'f', 'v')
   may('list the version', 'ZADD', base .. ':versions', '1', '1')
-  may('point latest', 'SET', base .. ':latest', '1')
   may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
   may_audit(base)
   local size = 0
@@ -590,7 +683,7 @@ local function modelstore(keys, args)
     redis.call('SET', base .. ':blob:' .. digest .. ':0', blob)
   end
 
-  local version = redis.call('INCR', base .. ':seq')
+  local version = next_version(base, region)
   redis.call('HSET', base .. ':v:' .. version,
     'name', name, 'version', version, 'digest', digest, 'backend', m.backend,
     'format', m.format, 'device', m.device, 'inputs', json_list(m.inputs),
@@ -599,7 +692,6 @@ local function modelstore(keys, args)
     'signature', m.signature or '', 'signer', m.signer or '', 'encrypted', m.encrypted or '')
   redis.call('HSET', base .. ':digests', digest, version)
   redis.call('ZADD', base .. ':versions', version, version)
-  redis.call('SET', base .. ':latest', version)
   record(base, {'event', 'store', 'version', version, 'digest', digest, 'signer', m.signer or '',
                 'encrypted', m.encrypted or '', 'by', by})
   redis.call('PUBLISH', MODELS_CHANNEL, name)
@@ -683,7 +775,8 @@ end
 -- An alias that routes to (or shadows) a version keeps it: re-point it first.
 local function check_unused(base, name, version)
   for _, alias in ipairs(redis.call('SMEMBERS', base .. ':alias_names')) do
-    local a = redis.call('HMGET', base .. ':alias:' .. alias, 'spec', 'pending', 'shadow')
+    local record = alias_get(base, alias) or {}
+    local a = {record.spec, record.pending, record.shadow}
     for _, text in ipairs({a[1] or '', a[2] or ''}) do
       for v in string.gmatch(text, '(%d+)=') do
         if v == tostring(version) then
@@ -719,8 +812,7 @@ local function modeldel(keys, args)
   may('delete the blob and metadata', 'DEL', base .. ':v:1')
   may('unindex the digest', 'HDEL', base .. ':digests', 'f')
   may('unlist the version', 'ZREM', base .. ':versions', '1')
-  may('drop its aliases', 'HDEL', base .. ':aliases', 'f')
-  may('point latest', 'SET', base .. ':latest', '1')
+  may('drop its aliases', 'DEL', base .. ':alias:x')
   may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
   may_audit(base)
   local deleted = 0
@@ -740,20 +832,15 @@ local function modeldel(keys, args)
     -- the whole model goes, and its aliases with it; the audit and the
     -- per-version history stay (they explain what was there)
     for _, alias in ipairs(redis.call('SMEMBERS', base .. ':alias_names')) do
-      local a = redis.call('HMGET', base .. ':alias:' .. alias, 'spec', 'epoch')
-      record(base, {'alias', alias, 'event', 'delete', 'from', a[1] or '', 'to', '', 'by', by,
-                    'epoch', tonumber(a[2] or '0') + 1, 'why', 'model deleted'})
+      local a, epoch = alias_get(base, alias)
+      record(base, {'alias', alias, 'event', 'delete', 'from', a and a.spec or '', 'to', '',
+                    'by', by, 'epoch', epoch + 1, 'why', 'model deleted'})
       redis.call('DEL', base .. ':alias:' .. alias)
     end
-    redis.call('DEL', base .. ':aliases', base .. ':alias_names')
+    redis.call('DEL', base .. ':alias_names')
     deleted = #versions
   end
-  local newest = redis.call('ZRANGE', base .. ':versions', -1, -1)
-  if #newest == 0 then
-    redis.call('DEL', base .. ':latest', base .. ':stats')
-  else
-    redis.call('SET', base .. ':latest', newest[1])
-  end
+  if not latest_version(base) then redis.call('DEL', base .. ':stats') end
   redis.call('PUBLISH', MODELS_CHANNEL, name)
   return deleted
 end
@@ -762,9 +849,9 @@ end
 -- lifecycle: aliases (one version, or a split over versions by weight, with an
 -- optional shadow), warm hot swaps, the audit stream, canary guards, the
 -- prediction log and feedback. Keys under inferis:{<name>} (docs/PROTOCOL.md §15).
---   :alias:<alias>  hash: spec, pending, pending_ms, shadow, guard_*, state, epoch, by, ms
---   :alias_names    set of the model's aliases (committed or pending)
---   :aliases        hash: alias -> its control version (MODELGET VERSION <alias>)
+--   :alias:<alias>  hash: "<epoch>.<region>" -> JSON {spec, pending, pending_ms, shadow,
+--                   guard_*, state, by, ms} (or {deleted}); the highest decision is the alias
+--   :alias_names    set of the model's aliases (committed, pending or deleted)
 --   :shadow:<p>:<s> hash: compared, agreed, max_diff; :shadow_pairs set of 'p:s' 
 --   :audit          stream of every alias change
 --   :workers        hash: consumer -> last ms it said it serves this model
@@ -778,7 +865,6 @@ local WEIGHT_TOTAL = 10000      -- split weights are parts of 10000 (0.01%)
 local LIVE_WORKER_MS = 10000    -- a worker silent this long no longer holds up a swap
 local DEFAULT_LOG_TTL_MS = 24 * 3600 * 1000
 
-local function alias_key(base, alias) return base .. ':alias:' .. alias end
 -- Every alias of the model, committed or pending (a set, so no Function scans keys).
 local function alias_names(base) return redis.call('SMEMBERS', base .. ':alias_names') end
 
@@ -856,50 +942,48 @@ local function stats_of(base, version)
   return tonumber(s.requests or '0'), tonumber(s.errors or '0'), tonumber(s.run_us or '0')
 end
 
--- Make the pending spec the alias's spec; the guard's baseline starts now.
-local function commit(base, name, alias, a, by)
-  local from = a.spec or ''
-  local to = a.pending
-  local epoch = redis.call('HINCRBY', alias_key(base, alias), 'epoch', 1)
+-- Make the pending spec the alias's spec (one new decision); the guard's
+-- baseline starts now.
+local function commit(base, name, alias, a, by, region)
+  local from, to = a.spec or '', a.pending
+  by = by or a.pending_by or ''
   local arms = arms_of(to)
-  local fields = {'spec', to, 'ms', now_ms(), 'by', by or a.pending_by or ''}
+  a.spec, a.ms, a.by = to, now_ms(), by
+  a.pending, a.pending_ms, a.pending_by = nil, nil, nil
   if a.guard_max_error_ppm and #arms > 1 then
-    local canary = arms[#arms][1]
-    local req, err, run = stats_of(base, canary)
+    local req, err, run = stats_of(base, arms[#arms][1])
     local c_req, c_err = stats_of(base, arms[1][1])
-    for _, f in ipairs({'state', 'baking', 'guard_since_ms', now_ms(), 'guard_base', req .. ',' .. err .. ',' .. run,
-                        'guard_control_base', c_req .. ',' .. c_err}) do fields[#fields + 1] = f end
+    a.state, a.guard_since_ms = 'baking', now_ms()
+    a.guard_base, a.guard_control_base = req .. ',' .. err .. ',' .. run, c_req .. ',' .. c_err
   else
-    fields[#fields + 1] = 'state'; fields[#fields + 1] = 'active'
+    a.state = 'active'
   end
-  redis.call('HSET', alias_key(base, alias), unpack(fields))
-  redis.call('HDEL', alias_key(base, alias), 'pending', 'pending_ms', 'pending_by')
-  redis.call('HSET', base .. ':aliases', alias, arms[1][1])
-  audit(base, alias, 'commit', from, to, by or a.pending_by, epoch, '')
+  local epoch = alias_put(base, alias, a, region)
+  audit(base, alias, 'commit', from, to, by, epoch, '')
   redis.call('PUBLISH', MODELS_CHANNEL, name)
   return epoch
 end
 
-local function try_commit(base, name, alias)
-  local a = hgetall_map(alias_key(base, alias))
-  if not a.pending then return false end
+local function try_commit(base, name, alias, region)
+  local a = alias_get(base, alias)
+  if not a or not a.pending then return false end
   if not all_warm(base, arms_of(a.pending), tonumber(a.pending_ms)) then return false end
-  commit(base, name, alias, a)
+  commit(base, name, alias, a, nil, region)
   return true
 end
 
 local function alias_writes(base, name, alias)
   may('write the alias', 'HSET', alias_key(base, alias), 'f', 'v')
-  may('index the alias', 'HSET', base .. ':aliases', 'f', 'v')
+  may('prune its old decisions', 'HDEL', alias_key(base, alias), 'f')
   may('list the alias', 'SADD', base .. ':alias_names', 'f')
   may('audit the change', 'XADD', base .. ':audit', '*', 'f', 'v')
   may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)
 end
 
 -- MODELALIAS name SET alias spec [SHADOW version share_ppm] [GUARD max_error_ppm
---   min_requests window_ms] [LOGTTL ms] [BY who] [NOWARM]
--- MODELALIAS name DEL alias [BY who]
--- MODELALIAS name COMMIT alias          (commit a pending change if it is warm now)
+--   min_requests window_ms] [LOGTTL ms] [BY who] [NOWARM] [REGION n]
+-- MODELALIAS name DEL alias [BY who] [REGION n]
+-- MODELALIAS name COMMIT alias [REGION n]  (commit a pending change if it is warm now)
 -- SET takes effect once every live worker of the model has the versions loaded
 -- and warmed (reply {'pending', epoch}), or at once when none is live, with
 -- NOWARM, or when only the shadow or guard changes ({'active', epoch}).
@@ -910,11 +994,10 @@ local function modelalias(keys, args)
   local op, alias = upper(args[1]), args[2]
   check_alias(alias)
   alias_writes(base, name, alias)
-  local akey = alias_key(base, alias)
   if op == 'SET' then
     local arms, text = parse_arms(base, name, args[3])
-    local set = {'pending', text, 'pending_ms', now_ms()}
-    local by, nowarm = '', false
+    local set = {pending = text, pending_ms = now_ms()}
+    local by, nowarm, region = '', false, 0
     local i = 4
     while i <= #args do
       local u = upper(args[i])
@@ -924,52 +1007,54 @@ local function modelalias(keys, args)
         if v ~= '0' and redis.call('EXISTS', base .. ':v:' .. v) == 0 then
           fail('EMODEL', 'model ' .. name .. ' has no version ' .. v)
         end
-        for _, f in ipairs({'shadow', v, 'shadow_ppm', share}) do set[#set + 1] = f end
+        set.shadow, set.shadow_ppm = v, share
         i = i + 3
       elseif u == 'GUARD' then
-        local ppm = to_int(args[i + 1], 'GUARD max error rate (ppm)', 0, 1000000)
-        local min_req = to_int(args[i + 2], 'GUARD min requests', 1)
-        local window = to_int(args[i + 3], 'GUARD window ms', 1)
-        for _, f in ipairs({'guard_max_error_ppm', ppm, 'guard_min_requests', min_req, 'guard_window_ms', window}) do
-          set[#set + 1] = f
-        end
+        set.guard_max_error_ppm = to_int(args[i + 1], 'GUARD max error rate (ppm)', 0, 1000000)
+        set.guard_min_requests = to_int(args[i + 2], 'GUARD min requests', 1)
+        set.guard_window_ms = to_int(args[i + 3], 'GUARD window ms', 1)
         i = i + 4
-      elseif u == 'LOGTTL' then
-        set[#set + 1] = 'log_ttl_ms'; set[#set + 1] = to_int(args[i + 1], 'LOGTTL', 0, MAX_TTL_MS); i = i + 2
+      elseif u == 'LOGTTL' then set.log_ttl_ms = to_int(args[i + 1], 'LOGTTL', 0, MAX_TTL_MS); i = i + 2
       elseif u == 'BY' then by = check_by(args[i + 1] or ''); i = i + 2
       elseif u == 'NOWARM' then nowarm = true; i = i + 1
+      elseif u == 'REGION' then region = region_index(args[i + 1]); i = i + 2
       else fail('EARGS', 'MODELALIAS SET option ' .. tostring(args[i]) .. ' is unknown') end
     end
-    set[#set + 1] = 'pending_by'; set[#set + 1] = by
-    local before = hgetall_map(akey)
-    redis.call('HSET', akey, unpack(set))
+    set.pending_by = by
+    local before, before_epoch = alias_get(base, alias)
+    local a = {}
+    for k, v in pairs(before or {}) do a[k] = v end
+    for k, v in pairs(set) do a[k] = v end
     redis.call('SADD', base .. ':alias_names', alias)
-    local epoch = tonumber(before.epoch or '0')
-    audit(base, alias, 'set', before.spec, text, by, epoch, nowarm and 'nowarm' or '')
-    if before.spec == text or nowarm or try_commit(base, name, alias) then
-      if redis.call('HEXISTS', akey, 'pending') == 1 then
-        epoch = commit(base, name, alias, hgetall_map(akey), by)
-      else
-        epoch = tonumber(redis.call('HGET', akey, 'epoch'))
-      end
-      redis.call('PUBLISH', MODELS_CHANNEL, name)
-      return {'active', epoch}
+    audit(base, alias, 'set', before and before.spec, text, by, before_epoch, nowarm and 'nowarm' or '')
+    if (before and before.spec == text) or nowarm or all_warm(base, arms, set.pending_ms) then
+      return {'active', commit(base, name, alias, a, by, region)}
     end
+    local epoch = alias_put(base, alias, a, region)
     redis.call('PUBLISH', MODELS_CHANNEL, name)  -- workers warm what it names
     return {'pending', epoch}
-  elseif op == 'COMMIT' then
-    if redis.call('EXISTS', akey) == 0 then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. alias) end
-    local done = try_commit(base, name, alias)
-    local a = hgetall_map(akey)
-    return {(done or not a.pending) and 'active' or 'pending', tonumber(a.epoch or '0')}
+  end
+  local by, region = '', 0
+  local i = 3
+  while i <= #args do
+    local u = upper(args[i])
+    if u == 'BY' and op == 'DEL' then by = check_by(args[i + 1] or ''); i = i + 2
+    elseif u == 'REGION' then region = region_index(args[i + 1]); i = i + 2
+    else fail('EARGS', 'MODELALIAS ' .. op .. ' option ' .. tostring(args[i]) .. ' is unknown') end
+  end
+  if op == 'COMMIT' then
+    local a, epoch = alias_get(base, alias)
+    if not a then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. alias) end
+    if a.pending and try_commit(base, name, alias, region) then
+      a, epoch = alias_get(base, alias)
+    end
+    return {a.pending and 'pending' or 'active', epoch}
   elseif op == 'DEL' then
-    local a = hgetall_map(akey)
-    if not a.spec and not a.pending then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. alias) end
-    local by = upper(args[3]) == 'BY' and check_by(args[4] or '') or ''
-    redis.call('DEL', akey)
-    redis.call('HDEL', base .. ':aliases', alias)
-    redis.call('SREM', base .. ':alias_names', alias)
-    audit(base, alias, 'delete', a.spec, '', by, tonumber(a.epoch or '0') + 1, '')
+    local a, epoch = alias_get(base, alias)
+    if not a then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. alias) end
+    -- a tombstone decision, so a concurrent older decision elsewhere cannot revive it
+    epoch = alias_put(base, alias, {deleted = 1, by = by, ms = now_ms()}, region)
+    audit(base, alias, 'delete', a.spec, '', by, epoch, '')
     redis.call('PUBLISH', MODELS_CHANNEL, name)
     return 1
   end
@@ -1007,6 +1092,16 @@ end
 
 -- MODELALIASGET name [alias] | name HISTORY [count]: one alias's record (a flat
 -- field/value list), every alias (alias, record, ...), or the audit, newest first.
+-- An alias record as the field/value list the SDK reads (client/protocol/aliases.py).
+local function flat_record(a)
+  local flat = {}
+  for k, v in pairs(a) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = tostring(v)
+  end
+  return flat
+end
+
 local function modelaliasget(keys, args)
   local name = model_name(keys[1])
   check_name(name)
@@ -1017,22 +1112,25 @@ local function modelaliasget(keys, args)
   end
   if args[1] then
     check_alias(args[1])
-    local flat = redis.call('HGETALL', alias_key(base, args[1]))
-    if #flat == 0 then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. args[1]) end
-    return flat
+    local a = alias_get(base, args[1])
+    if not a then fail('EMODEL', 'model ' .. name .. ' has no alias ' .. args[1]) end
+    return flat_record(a)
   end
   local out = {}
   for _, alias in ipairs(alias_names(base)) do
-    out[#out + 1] = alias
-    out[#out + 1] = redis.call('HGETALL', alias_key(base, alias))
+    local a = alias_get(base, alias)
+    if a then
+      out[#out + 1] = alias
+      out[#out + 1] = flat_record(a)
+    end
   end
   return out
 end
 
 -- A guard whose canary (the last arm) breached its error bound is rolled back
 -- to the control (the first arm); past the window without a breach it is baked.
-local function check_guard(base, name, alias, a, now)
-  if a.state ~= 'baking' or not a.spec then return end
+local function check_guard(base, name, alias, a, now, region)
+  if not a or a.state ~= 'baking' or not a.spec then return end
   local arms = arms_of(a.spec)
   if #arms < 2 then return end
   local canary, control = arms[#arms][1], arms[1][1]
@@ -1041,65 +1139,79 @@ local function check_guard(base, name, alias, a, now)
   req, err = req - tonumber(b_req), err - tonumber(b_err)
   local bound = tonumber(a.guard_max_error_ppm)
   if req >= tonumber(a.guard_min_requests) and err * 1000000 > bound * req then
-    local epoch = redis.call('HINCRBY', alias_key(base, alias), 'epoch', 1)
-    redis.call('HSET', alias_key(base, alias), 'spec', control .. '=' .. WEIGHT_TOTAL, 'state', 'rolled back',
-      'ms', now, 'by', 'canary guard')
-    redis.call('HSET', base .. ':aliases', alias, control)
-    audit(base, alias, 'rollback', a.spec, control .. '=' .. WEIGHT_TOTAL, 'canary guard', epoch,
+    local from = a.spec
+    a.spec, a.state, a.ms, a.by = control .. '=' .. WEIGHT_TOTAL, 'rolled back', now, 'canary guard'
+    local epoch = alias_put(base, alias, a, region)
+    audit(base, alias, 'rollback', from, a.spec, 'canary guard', epoch,
       string.format('version %s: %d errors in %d requests, above %d ppm', canary, err, req, bound))
     redis.call('PUBLISH', MODELS_CHANNEL, name)
   elseif now - tonumber(a.guard_since_ms) >= tonumber(a.guard_window_ms) then
-    redis.call('HSET', alias_key(base, alias), 'state', 'baked')
-    audit(base, alias, 'baked', a.spec, a.spec, 'canary guard', tonumber(a.epoch or '0'),
+    a.state = 'baked'
+    local epoch = alias_put(base, alias, a, region)
+    audit(base, alias, 'baked', a.spec, a.spec, 'canary guard', epoch,
       string.format('version %s: %d errors in %d requests', canary, err, req))
   end
 end
 
 local STATS_FIELDS = {'requests', 'errors', 'run_us', 'queue_us'}
+-- What one worker flush may add to a counter: far more than 2 s of serving can
+-- count (run_us and queue_us included), and small enough to stay exact integers.
+local MAX_FLUSH_COUNT = 1e15
+
+local function check_consumer(consumer)
+  if type(consumer) ~= 'string' or #consumer == 0 or #consumer > 256 then
+    fail('EARGS', 'the consumer name must be 1-256 bytes, got ' .. tostring(consumer))
+  end
+end
 
 local function add_stats(key, counts, now)
-  for j, field in ipairs(STATS_FIELDS) do redis.call('HINCRBY', key, field, counts[j]) end
+  for j, field in ipairs(STATS_FIELDS) do redis.call('HINCRBY', key, field, string.format('%d', counts[j])) end
   redis.call('HSET', key, 'last_ms', now)
 end
 
--- _INFERIS_STATS name consumer [version requests errors run_us queue_us]...:
+-- _INFERIS_STATS name consumer region [version requests errors run_us queue_us]...:
 -- a worker's counters since its last flush (per version and per model), its
 -- heartbeat for the model, then the model's canary guards and pending swaps.
 local function workerstats(keys, args)
   local name, consumer = model_name(keys[1]), args[1]
   check_name(name)
+  check_consumer(consumer)
   local base = model_base(name)
-  local now = now_ms()
-  redis.call('HSET', base .. ':workers', consumer, now)
-  local total = {0, 0, 0, 0}
-  local i = 2
+  local region = region_index(args[2])
+  -- every row is read before anything is written
+  local rows, total = {}, {0, 0, 0, 0}
+  local i = 3
   while i + 4 <= #args do
-    local v = tostring(to_int(args[i], 'version', 1))
     local counts = {}
-    for j = 1, 4 do counts[j] = to_int(args[i + j], 'count', 0) end
-    add_stats(base .. ':stats:' .. v, counts, now)
+    for j = 1, 4 do counts[j] = to_int(args[i + j], 'count', 0, MAX_FLUSH_COUNT) end
+    rows[#rows + 1] = {tostring(to_int(args[i], 'version', 1)), counts}
     for j = 1, 4 do total[j] = total[j] + counts[j] end
     i = i + 5
   end
+  local now = now_ms()
+  redis.call('HSET', base .. ':workers', consumer, now)
+  for _, row in ipairs(rows) do add_stats(base .. ':stats:' .. row[1], row[2], now) end
   if total[1] > 0 then add_stats(base .. ':stats', total, now) end
   for _, alias in ipairs(alias_names(base)) do
-    check_guard(base, name, alias, hgetall_map(alias_key(base, alias)), now)
+    check_guard(base, name, alias, alias_get(base, alias), now, region)
   end
   return 1
 end
 
--- _INFERIS_WARMED name consumer version...: this worker has them loaded and
+-- _INFERIS_WARMED name consumer region version...: this worker has them loaded and
 -- warmed; commits every pending change of the model that is warm everywhere now.
 local function warmed(keys, args)
   local name, consumer = model_name(keys[1]), args[1]
   check_name(name)
+  check_consumer(consumer)
   local base = model_base(name)
+  local region = region_index(args[2])
   local now = now_ms()
   redis.call('HSET', base .. ':workers', consumer, now)
-  for j = 2, #args do redis.call('HSET', base .. ':warm:' .. args[j], consumer, now) end
+  for j = 3, #args do redis.call('HSET', base .. ':warm:' .. args[j], consumer, now) end
   local committed = 0
   for _, alias in ipairs(alias_names(base)) do
-    if try_commit(base, name, alias) then committed = committed + 1 end
+    if try_commit(base, name, alias, region) then committed = committed + 1 end
   end
   return committed
 end
@@ -1120,8 +1232,26 @@ local function loaded(keys, args)
   return 1
 end
 
+-- A number feedback can count with: tonumber also takes nan and inf.
+local function finite(s)
+  local n = tonumber(s)
+  if n and n == n and n ~= math.huge and n ~= -math.huge then return n end
+  return nil
+end
+
+local LOG_KINDS = {classification = true, regression = true}
+
+local function finite_list(text)
+  for x in string.gmatch(text, '[^,]+') do
+    if not finite(x) then return false end
+  end
+  return true
+end
+
 -- _INFERIS_LOG name ttl_ms [rid version kind pred proba]...: the prediction log
--- feedback joins to (proba: the probabilities as text, or '').
+-- feedback joins to (proba: the probabilities as text, or ''). A row feedback
+-- could not score (a prediction that is not a finite number: a NaN output) is
+-- not logged, and probabilities that are not all finite are left out.
 local function predlog(keys, args)
   local name = model_name(keys[1])
   check_name(name)
@@ -1129,15 +1259,22 @@ local function predlog(keys, args)
   local ttl = to_int(args[1], 'ttl', 1, MAX_TTL_MS)
   local i = 2
   while i + 4 <= #args + 1 and args[i + 4] ~= nil do
-    local key = base .. ':p:' .. args[i]
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('HSET', key, 'v', args[i + 1], 'kind', args[i + 2], 'pred', args[i + 3], 'proba', args[i + 4])
+    local rid, v, kind, pred, proba = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4]
+    local key = base .. ':p:' .. rid
+    if #rid > 0 and #rid <= 128 and #v <= 16 and string.match(v, '^[1-9]%d*$') and LOG_KINDS[kind]
+        and finite(pred) and redis.call('EXISTS', key) == 0 then
+      if not finite_list(proba) then proba = '' end
+      redis.call('HSET', key, 'v', v, 'kind', kind, 'pred', pred, 'proba', proba)
       redis.call('PEXPIRE', key, ttl)
     end
     i = i + 5
   end
   return 1
 end
+
+-- What a quality counter may reach (below 2^63, Redis's limit, with room for
+-- the precision a double loses there).
+local MAX_COUNTER = 2 ^ 62
 
 -- MODELFEEDBACK name rid truth: join the ground truth of one request to what
 -- answered it. Returns {status, version}: joined, repeated (nothing changes),
@@ -1162,27 +1299,38 @@ local function modelfeedback(keys, args)
     redis.call('HINCRBY', base .. ':feedback', 'repeated', 1)
     return {'repeated', tonumber(p.v)}
   end
-  redis.call('HSET', key, 'fb', args[2])
   local q = base .. ':quality:' .. p.v
-  local pred = tonumber(p.pred)
-  redis.call('HINCRBY', q, 'n', 1)
-  redis.call('HSET', q, 'kind', p.kind)
+  local pred = finite(p.pred)
+  -- The counters are Redis integers. Each addition is worked out and checked
+  -- first: HINCRBY refuses a number Lua would send as a float (1e+17), and a
+  -- refusal half way would leave the join counted in part.
+  local adds = {{'n', 1}}
   if p.kind == 'classification' then
-    if pred == truth then redis.call('HINCRBY', q, 'correct', 1) end
-    if p.proba ~= '' then
+    if pred == truth then adds[#adds + 1] = {'correct', 1} end
+    if p.proba and p.proba ~= '' then
       local probs = {}
-      for x in string.gmatch(p.proba, '[^,]+') do probs[#probs + 1] = tonumber(x) end
+      for x in string.gmatch(p.proba, '[^,]+') do probs[#probs + 1] = finite(x) or false end
       local pt = probs[math.floor(truth) + 1]
       if pt then
-        redis.call('HINCRBY', q, 'logloss_e6', math.floor(-math.log(math.max(pt, 1e-15)) * 1000000 + 0.5))
-        redis.call('HINCRBY', q, 'logloss_n', 1)
+        adds[#adds + 1] = {'logloss_e6', math.floor(-math.log(math.max(pt, 1e-15)) * 1000000 + 0.5)}
+        adds[#adds + 1] = {'logloss_n', 1}
       end
     end
   else
-    local e = pred - truth
-    redis.call('HINCRBY', q, 'abs_err_e6', math.floor(math.abs(e) * 1000000 + 0.5))
-    redis.call('HINCRBY', q, 'sq_err_e6', math.floor(e * e * 1000000 + 0.5))
+    local e = (pred or 0 / 0) - truth
+    adds[#adds + 1] = {'abs_err_e6', math.floor(math.abs(e) * 1000000 + 0.5)}
+    adds[#adds + 1] = {'sq_err_e6', math.floor(e * e * 1000000 + 0.5)}
   end
+  for _, add in ipairs(adds) do
+    local sum = (tonumber(redis.call('HGET', q, add[1]) or '0') or 0) + add[2]
+    if not (math.abs(add[2]) <= MAX_COUNTER and math.abs(sum) <= MAX_COUNTER) then
+      fail('EARGS', 'truth ' .. args[2] .. ' for request ' .. rid .. ' (prediction ' .. tostring(p.pred)
+        .. ') would take ' .. add[1] .. ' of version ' .. p.v .. ' past what a counter holds; nothing was written')
+    end
+  end
+  redis.call('HSET', key, 'fb', args[2])
+  for _, add in ipairs(adds) do redis.call('HINCRBY', q, add[1], string.format('%d', add[2])) end
+  redis.call('HSET', q, 'kind', p.kind or '')
   redis.call('HINCRBY', base .. ':feedback', 'joined', 1)
   return {'joined', tonumber(p.v)}
 end
@@ -1216,9 +1364,11 @@ local function shadowed(keys, args)
   check_name(name)
   local pair = tostring(to_int(args[1], 'primary', 1)) .. ':' .. tostring(to_int(args[2], 'shadow', 1))
   local key = model_base(name) .. ':shadow:' .. pair
+  local compared = to_int(args[3], 'compared', 0, MAX_FLUSH_COUNT)
+  local agreed = to_int(args[4], 'agreed', 0, MAX_FLUSH_COUNT)
   redis.call('SADD', model_base(name) .. ':shadow_pairs', pair)
-  redis.call('HINCRBY', key, 'compared', to_int(args[3], 'compared', 0))
-  redis.call('HINCRBY', key, 'agreed', to_int(args[4], 'agreed', 0))
+  redis.call('HINCRBY', key, 'compared', string.format('%d', compared))
+  redis.call('HINCRBY', key, 'agreed', string.format('%d', agreed))
   local diff = tonumber(args[5]) or 0
   if diff > tonumber(redis.call('HGET', key, 'max_diff') or '-1') then
     redis.call('HSET', key, 'max_diff', string.format('%.9g', diff))
@@ -1257,15 +1407,17 @@ local function driftcounts(keys, args)
   local keep_from = to_int(args[4], 'keep_from', 0)
   local base = model_base(name) .. ':drift:' .. v
   local key = base .. ':w:' .. window
+  local adds = {}  -- every count is read before anything is written
   local i = 5
   while args[i + 1] ~= nil do
     local bin = 0
     for count in string.gmatch(args[i + 1], '[^,]+') do
-      if count ~= '0' then redis.call('HINCRBY', key, args[i] .. ':' .. bin, to_int(count, 'count', 0)) end
+      if count ~= '0' then adds[#adds + 1] = {args[i] .. ':' .. bin, to_int(count, 'count', 0, MAX_FLUSH_COUNT)} end
       bin = bin + 1
     end
     i = i + 2
   end
+  for _, add in ipairs(adds) do redis.call('HINCRBY', key, add[1], string.format('%d', add[2])) end
   redis.call('PEXPIRE', key, ttl)
   redis.call('ZADD', base .. ':windows', window, window)
   redis.call('ZREMRANGEBYSCORE', base .. ':windows', '-inf', '(' .. keep_from)
@@ -1581,7 +1733,8 @@ local function uncount_caller(stream, config, entry_id, requests)
   for j = 1, #fields, 2 do
     if fields[j] == 'reply' then
       local caller = caller_of(fields[j + 1])
-      if caller and redis.call('HINCRBY', config, 'c:' .. caller, -requests) <= 0 then
+      -- '%d': Lua sends -0 as "-0", which HINCRBY refuses
+      if caller and redis.call('HINCRBY', config, 'c:' .. caller, string.format('%d', -requests)) <= 0 then
         redis.call('HDEL', config, 'c:' .. caller)
       end
       return
@@ -1589,13 +1742,56 @@ local function uncount_caller(stream, config, entry_id, requests)
   end
 end
 
+-- A stream entry id as XACK takes it: ms-seq, each part below 2^64.
+local function is_entry_id(id)
+  return type(id) == 'string' and (string.match(id, '^%d+%-%d+$') or string.match(id, '^%d+$'))
+    and not string.match(id, '%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d')
+end
+
+local function key_of_type(key, want, what)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then fail('EARGS', what .. ' ' .. key .. ' holds a ' .. t .. ', not a ' .. want) end
+end
+
+-- The shape of the call is checked whole before the first XACK: a call that
+-- stopped half way would leave entries acknowledged and never answered.
+local function check_complete(keys, args)
+  if #keys < 3 then fail('EARGS', '_INFERIS_COMPLETE needs the stream, its dead-letter stream and its config as keys') end
+  key_of_type(keys[2], 'stream', 'the dead-letter stream')
+  key_of_type(keys[3], 'hash', 'the config')
+  local count = to_int(args[1], 'count', 0, #args)
+  local k, a = 4, 2
+  for _ = 1, count do
+    if not is_entry_id(args[a]) then fail('EARGS', 'entry id ' .. tostring(args[a]) .. ' is not a stream entry id') end
+    if args[a + 3] == nil then fail('EARGS', 'each entry takes id, requests, reason, deliveries and a write count') end
+    local n_writes = to_int(args[a + 4], 'write count', 0, #keys - k + 1)
+    a = a + 5
+    for _ = 1, n_writes do
+      if not WRITABLE[args[a]] then fail('EARGS', 'write op must be X, L or S, got ' .. tostring(args[a])) end
+      to_int(args[a + 1], 'write ttl', 0, MAX_TTL_MS)
+      if args[a + 2] == nil then fail('EARGS', 'a write takes op, ttl and value') end
+      k, a = k + 1, a + 3
+    end
+  end
+  return count
+end
+
+-- The requests an entry raised the queue count by: at most MAX_CALL_REQUESTS
+-- at enqueue. An entry appended by hand may claim anything; it must not stop
+-- the batch it is settled in.
+local function entry_requests(text)
+  local n = tonumber(text)
+  if not n or n ~= n or n < 0 then return 0 end
+  return math.min(math.floor(n), MAX_CALL_REQUESTS)
+end
+
 local function complete(keys, args)
   local stream, dlq, config = keys[1], keys[2], keys[3]
-  local count = tonumber(args[1])
+  local count = check_complete(keys, args)
   local k, a = 4, 2
   local done, answered, settled = {}, {}, 0
   for e = 1, count do
-    local entry_id, requests, reason = args[a], tonumber(args[a + 1]), args[a + 2]
+    local entry_id, requests, reason = args[a], entry_requests(args[a + 1]), args[a + 2]
     local deliveries, n_writes = args[a + 3], tonumber(args[a + 4])
     a = a + 5
     local acked = redis.call('XACK', stream, GROUP, entry_id) == 1
@@ -1626,7 +1822,9 @@ local function complete(keys, args)
   end
   if #done > 0 then
     redis.call('XDEL', stream, unpack(done))
-    if redis.call('HINCRBY', config, 'queued', -settled) < 0 then redis.call('HSET', config, 'queued', 0) end
+    if redis.call('HINCRBY', config, 'queued', string.format('%d', -settled)) < 0 then
+      redis.call('HSET', config, 'queued', 0)
+    end
   end
   return answered
 end
@@ -1637,7 +1835,9 @@ end
 -- handed to a consumer between the look and the delete: deleting a consumer
 -- that owns entries would make them unclaimable. Returns the names.
 local function prune(keys, args)
-  local stream, min_idle = keys[1], tonumber(args[1])
+  local stream = keys[1]
+  if type(stream) ~= 'string' then fail('EARGS', '_INFERIS_PRUNE needs the request stream as its key') end
+  local min_idle = to_int(args[1], 'min_idle_ms', 0)
   local live = {}
   for j = 2, #args do live[args[j]] = true end
   local gone = {}

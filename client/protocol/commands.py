@@ -76,6 +76,11 @@ def _spec_args(word: str, specs: Sequence[TensorSpec | Mapping[str, Any]] | None
     return out
 
 
+def _region(index: int) -> list[Any]:
+    """REGION n: the writer's region in an Active-Active deployment (0: none)."""
+    return ["REGION", index] if index else []
+
+
 def modelstore(
     name: str,
     backend: str,
@@ -92,12 +97,14 @@ def modelstore(
     signing_key: Any = None,
     encryption_key: Any = None,
     by: str = "",
+    region: int = 0,
 ) -> list[Command]:
     """The commands that store one version: chunk uploads, then the commit.
     ``encryption_key`` (32 bytes or a key file): store the file encrypted
     (client/encryption.py); the digest and the signature are then over the
     ciphertext. ``signing_key`` (an ed25519 private key, its PEM, or a path):
-    sign it. ``by``: who stores it, for the audit."""
+    sign it. ``by``: who stores it, for the audit. ``region``: the writer's region
+    index in an Active-Active deployment (docs/ACTIVE-ACTIVE.md)."""
     if not isinstance(name, str) or not keys.is_model_name(name):
         raise ArgumentError(f"model name {name!r} must be 1-128 of letters, digits, _ . -")
     if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -143,6 +150,7 @@ def modelstore(
         args += ["ENCRYPTED", key_id]
     if by:
         args += ["BY", by]
+    args += _region(region)
     commands: list[Command] = []
     if len(blob) <= chunk_size:
         args += ["BLOB", blob]
@@ -190,7 +198,7 @@ def audit(name: str, count: int = 100) -> Command:
 
 def alias_set(name: str, alias: str, spec: str, *, shadow: int = 0, shadow_ppm: int = 0,
               guard: tuple[int, int, int] | None = None, log_ttl_ms: int | None = None,
-              by: str = "", warm: bool = True) -> Command:
+              by: str = "", warm: bool = True, region: int = 0) -> Command:
     args: list[Any] = ["SET", alias, spec]
     if shadow:
         args += ["SHADOW", shadow, shadow_ppm]
@@ -202,16 +210,16 @@ def alias_set(name: str, alias: str, spec: str, *, shadow: int = 0, shadow_ppm: 
         args += ["BY", by]
     if not warm:
         args.append("NOWARM")
-    return Command("MODELALIAS", [keys.model_base(name)], args)
+    return Command("MODELALIAS", [keys.model_base(name)], args + _region(region))
 
 
-def alias_commit(name: str, alias: str) -> Command:
-    return Command("MODELALIAS", [keys.model_base(name)], ["COMMIT", alias])
+def alias_commit(name: str, alias: str, region: int = 0) -> Command:
+    return Command("MODELALIAS", [keys.model_base(name)], ["COMMIT", alias, *_region(region)])
 
 
-def alias_del(name: str, alias: str, by: str = "") -> Command:
+def alias_del(name: str, alias: str, by: str = "", region: int = 0) -> Command:
     return Command("MODELALIAS", [keys.model_base(name)],
-                   ["DEL", alias, *(["BY", by] if by else [])])
+                   ["DEL", alias, *(["BY", by] if by else []), *_region(region)])
 
 
 def alias_get(name: str, alias: str | None = None) -> Command:
@@ -243,9 +251,11 @@ def drift(name: str, version: int, reference: int | None = None,
 # ---------------------------------------------------------------- worker-internal
 
 
-def worker_stats(model: str, consumer: str, counts: Sequence[Any]) -> Command:
+def worker_stats(
+    model: str, consumer: str, counts: Sequence[Any], region: int = 0
+) -> Command:
     """counts: (version, requests, errors, run_us, queue_us) flattened."""
-    return Command("_INFERIS_STATS", [keys.model_base(model)], [consumer, *counts])
+    return Command("_INFERIS_STATS", [keys.model_base(model)], [consumer, region, *counts])
 
 
 def loaded(model: str, by: str, versions: Sequence[Any]) -> Command:
@@ -253,8 +263,8 @@ def loaded(model: str, by: str, versions: Sequence[Any]) -> Command:
     return Command("_INFERIS_LOADED", [keys.model_base(model)], [by, *versions])
 
 
-def warmed(model: str, consumer: str, versions: Sequence[int]) -> Command:
-    return Command("_INFERIS_WARMED", [keys.model_base(model)], [consumer, *versions])
+def warmed(model: str, consumer: str, versions: Sequence[int], region: int = 0) -> Command:
+    return Command("_INFERIS_WARMED", [keys.model_base(model)], [consumer, region, *versions])
 
 
 def log_predictions(model: str, ttl_ms: int, records: Sequence[Any]) -> Command:

@@ -73,3 +73,10 @@ AUDIT_MAXLEN = 10_000
 # (ACL WHOAMI refused).
 UNKNOWN_USER = "?"
 MAX_BY_BYTES = 256
+
+# ---------------------------------------------------------------- regions
+
+# Active-Active (docs/ACTIVE-ACTIVE.md): at most this many regions, numbered 1..15
+# in the order of inferis:regions; region n numbers its versions n mod VERSION_STRIDE.
+MAX_REGIONS = 15
+VERSION_STRIDE = 16

@@ -38,17 +38,34 @@ def base_of(key: str) -> str:
     return key if tag is None else "{" + tag + "}"
 
 
-def partition_tag(partition: int) -> str:
-    return f"{{inferis:{partition}}}"
+def partition_tag(partition: int, region: str = "") -> str:
+    """``{inferis:N}``; in an Active-Active deployment ``{inferis:N@<region>}``: each
+    region queues and answers its own requests under its own keys, so no other
+    region's workers ever see them (docs/ACTIVE-ACTIVE.md)."""
+    return f"{{inferis:{partition}@{region}}}" if region else f"{{inferis:{partition}}}"
 
 
 def partition_of(key: str) -> int | None:
-    """The partition whose tag ``key`` carries, or None."""
+    """The partition whose tag ``key`` carries (whatever its region), or None."""
     tag = hash_tag(key)
     if tag is None or not tag.startswith("inferis:"):
         return None
-    number = tag[len("inferis:"):]
+    number = tag[len("inferis:"):].partition("@")[0]
     return int(number) if number.isdigit() else None
+
+
+REGIONS = "inferis:regions"  # the deployment's regions in order, "eu,us,ap" (set once)
+_REGION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def is_region_name(name: str) -> bool:
+    return bool(_REGION_NAME.match(name))
+
+
+def region_index(regions: str, region: str) -> int | None:
+    """``region``'s index (1-based) in the deployment's ordered list, or None."""
+    names = [n.strip() for n in regions.split(",") if n.strip()]
+    return names.index(region) + 1 if region in names else None
 
 
 def slot_of(key: str) -> int:
@@ -57,7 +74,7 @@ def slot_of(key: str) -> int:
 
 
 @cache
-def spread_partitions(count: int) -> tuple[int, ...]:
+def spread_partitions(count: int, region: str = "") -> tuple[int, ...]:
     """Partitions whose tags fall one in each ``1/count`` of the slot space, so that
     a cluster whose primaries own contiguous ranges of at least that size has
     partitions on every primary. Deterministic: clients and workers agree."""
@@ -65,7 +82,7 @@ def spread_partitions(count: int) -> tuple[int, ...]:
     found: dict[int, int] = {}
     number = 0
     while len(found) < count:
-        index = int(slot_of(partition_tag(number)) // width)
+        index = int(slot_of(partition_tag(number, region)) // width)
         found.setdefault(index, number)
         number += 1
     return tuple(found[i] for i in range(count))
@@ -79,27 +96,27 @@ def partition_for(routing_key: str, partitions: tuple[int, ...] | list[int]) -> 
 # ---------------------------------------------------------------- partition keys
 
 
-def request_stream(partition: int = 0) -> str:
-    return f"{partition_tag(partition)}:requests"
+def request_stream(partition: int = 0, region: str = "") -> str:
+    return f"{partition_tag(partition, region)}:requests"
 
 
-def deadletter_stream(partition: int = 0) -> str:
-    return f"{partition_tag(partition)}:deadletter"
+def deadletter_stream(partition: int = 0, region: str = "") -> str:
+    return f"{partition_tag(partition, region)}:deadletter"
 
 
-def partition_config(partition: int = 0) -> str:
+def partition_config(partition: int = 0, region: str = "") -> str:
     """Hash: ``queued`` (kept by the Functions; callers' runs write it)."""
-    return f"{partition_tag(partition)}:config"
+    return f"{partition_tag(partition, region)}:config"
 
 
-def partition_limits(partition: int = 0) -> str:
+def partition_limits(partition: int = 0, region: str = "") -> str:
     """Hash: ``max_queue``, ``max_queue_per_caller``, ``deadletter_maxlen``, set by the
     operator; callers only read it."""
-    return f"{partition_tag(partition)}:limits"
+    return f"{partition_tag(partition, region)}:limits"
 
 
-def reply_stream(partition: int, client_id: str) -> str:
-    return f"{partition_tag(partition)}:replies:{client_id}"
+def reply_stream(partition: int, client_id: str, region: str = "") -> str:
+    return f"{partition_tag(partition, region)}:replies:{client_id}"
 
 
 def caller_of(reply: str) -> str | None:
@@ -157,7 +174,7 @@ def model_name_of(key: bytes | str) -> str:
     return text[text.index("{") + 1 : text.rindex("}")]
 
 
-MODEL_LATEST_PATTERN = "inferis:{*}:latest"  # one key per model that has a version
+MODEL_VERSIONS_PATTERN = "inferis:{*}:versions"  # one key per model that has a version
 
 
 def is_model_name(name: str) -> bool:

@@ -32,9 +32,9 @@ class Lane:
     when it is there: one lane waiting never holds up the others.
     """
 
-    def __init__(self, partition: int, connect: Callable[[str], Any]) -> None:
+    def __init__(self, partition: int, connect: Callable[[str], Any], region: str = "") -> None:
         self.partition = partition
-        self.stream = keys.request_stream(partition)
+        self.stream = keys.request_stream(partition, region)
         self._connect = connect
         self.conn: Any = None
         self.unsent: list[Command] = []  # idempotent: resent after a reconnect

@@ -67,6 +67,7 @@ class Lifecycle:
         self._redis = conn
         self.cache = cache
         self.consumer = consumer
+        self.region = 0  # Active-Active: the worker's region index (alias decisions)
         self.drift_window_s = drift_window_s
         self._drift: dict[tuple[str, int], dict[str, list[np.ndarray]]] = {}
         self._drift_sizes: dict[tuple[str, int, str], int] = {}
@@ -272,7 +273,9 @@ class Lifecycle:
         wanted = sorted({v for route in routes for v in route.versions()})
         warm = [v for v in wanted if self._warm_version(model, v)]
         if any(route.pending for route in routes) and warm:
-            self._redis.execute_command(*commands.warmed(model, self.consumer, warm).as_args())
+            self._redis.execute_command(
+                *commands.warmed(model, self.consumer, warm, self.region).as_args()
+            )
 
     def _warm_version(self, model: str, version: int) -> bool:
         loads = self.cache.loads

@@ -40,7 +40,9 @@ class Home:
                 return
 
 
-def assigned(spec: str, routes: Routes, count: int, home: Home | None = None) -> list[int]:
+def assigned(
+    spec: str, routes: Routes, count: int, home: Home | None = None, region: str = ""
+) -> list[int]:
     text = spec.strip().lower()
     if text not in ("auto", "all"):
         try:
@@ -54,11 +56,13 @@ def assigned(spec: str, routes: Routes, count: int, home: Home | None = None) ->
         return listed
     if routes.cluster is None:
         return [0]
-    spread = list(keys.spread_partitions(count))
+    spread = list(keys.spread_partitions(count, region))
     if text == "all" or home is None:
         return spread
     slots = routes.cluster.nodes_manager.slots_cache
-    shard_of = {p: frozenset(n.name for n in slots.get(keys.slot_of(keys.partition_tag(p))) or [])
-                for p in spread}
+    shard_of = {
+        p: frozenset(n.name for n in slots.get(keys.slot_of(keys.partition_tag(p, region))) or [])
+        for p in spread
+    }
     home.follow(set(shard_of.values()))
     return [p for p in spread if home.holds(shard_of[p])]

@@ -37,7 +37,7 @@ from inferis.client.routing import Routes, is_cluster_url, must_resend
 from inferis.lua import ensure_library
 
 from .. import metrics
-from ..config import WorkerConfig
+from ..config import ConfigError, WorkerConfig
 from ..isolation.placement import Placement
 from ..models.cache import ModelCache
 from . import partitions
@@ -94,6 +94,7 @@ class Worker:
         )
         self._scheduler = Scheduler(config.read_ahead, config.slice_ms)
         self._lanes: dict[int, Lane] = {}
+        self._region_index = 0  # --region's place in inferis:regions (resolve_region)
         self._leaving: set[int] = set()  # lanes whose slot moved away
         self._home = partitions.Home(config.redis_url) if is_cluster_url(config.redis_url) else None
         self.served = 0
@@ -169,6 +170,7 @@ class Worker:
         conn: Any = routes.cluster or redis.Redis(connection_pool=routes.pool_for(""))
         self._routes, self._redis = routes, conn
         self.ensure_library(thorough=True)
+        self.resolve_region()
         home = self.home_client()
         sec, usec = home.time()
         self._clock_offset_ms = sec * 1000 + usec / 1000 - time.time() * 1000
@@ -192,10 +194,27 @@ class Worker:
                                         self.config.drift_window_s)
         else:
             self._lifecycle.rebind(conn)
+        self._lifecycle.region = self._region_index
         settle_heap()
         log.info("worker %s connected to %s, serving %s; %s", self.consumer,
                  self.config.redis_url, ", ".join(self.streams) or "nothing yet",
                  self._placement.describe())
+
+    def resolve_region(self) -> None:
+        """Active-Active: --region's index in inferis:regions, which orders this
+        worker's alias decisions against other regions' (docs/ACTIVE-ACTIVE.md)."""
+        if not self.config.region:
+            return
+        listed = self.home_client().get(keys.REGIONS)
+        index = keys.region_index((listed or b"").decode(), self.config.region)
+        if index is None:
+            raise ConfigError(
+                f"--region {self.config.region}: not in {keys.REGIONS} "
+                f"({(listed or b'').decode() or 'unset'}); name the regions with: "
+                "inferis regions NAME,NAME,..."
+            )
+        self._stats.region = index
+        self._region_index = index
 
     def home_client(self) -> redis.Redis:
         """The Redis beside this worker: the single one, or its cluster home node
@@ -244,12 +263,13 @@ class Worker:
         A lane that goes first brings back its read and sends what it owes."""
         assert self._routes is not None
         wanted = partitions.assigned(
-            self.config.partitions, self._routes, self.config.cluster_partitions, self._home
+            self.config.partitions, self._routes, self.config.cluster_partitions, self._home,
+            self.config.region,
         )
         self._leaving = {n for n in self._lanes if n not in wanted}
         for number in wanted:
             if number not in self._lanes:
-                lane = Lane(number, self.lane_connection)
+                lane = Lane(number, self.lane_connection, self.config.region)
                 self.ensure_group(lane.stream)
                 self._lanes[number] = lane
                 if self._routes.cluster is not None:
@@ -348,7 +368,7 @@ class Worker:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for number in numbers:
-                pipe.hget(keys.partition_config(number), "queued")
+                pipe.hget(keys.partition_config(number, self.config.region), "queued")
             for number, queued in zip(numbers, pipe.execute(), strict=True):
                 metrics.QUEUE_DEPTH.labels(str(number)).set(int(queued or 0))
         except redis.RedisError as exc:  # telemetry: never in the way of serving

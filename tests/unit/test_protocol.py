@@ -48,7 +48,7 @@ def _value(node: ast.AST) -> object:
     "MAX_RANK", "MAX_TENSOR_BYTES", "INLINE_LIMIT", "DEFAULT_TIMEOUT_MS", "MAX_TIMEOUT_MS",
     "DEFAULT_TTL_MS", "MAX_TTL_MS", "STAGING_TTL_MS", "GROUP", "MODELS_CHANNEL",
     "DEADLETTER_MAXLEN", "MAX_CALL_REQUESTS", "MAX_LUA_VALUES", "MAX_ZERO_FILL_BYTES",
-    "AUDIT_MAXLEN", "MAX_BY_BYTES",
+    "AUDIT_MAXLEN", "MAX_BY_BYTES", "MAX_REGIONS", "VERSION_STRIDE",
 ])
 def test_lua_and_python_agree_on_every_shared_constant(name: str) -> None:
     assert _lua_constants()[name] == getattr(defaults, name)
