@@ -8,10 +8,8 @@ feed and fetch are the INPUT/OUTPUT names declared at MODELSTORE.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import posixpath
 import re
 import shutil
 import tarfile
@@ -23,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .archives import check_tar
+from .archives import extract_tar
 from .base import UNSUPPORTED_DTYPE, BackendOptions, ModelInfo, TensorSpec, gpu_index
 from .savedmodel import SAVED_MODEL_FILES
 from .savedmodel import pack_saved_model as pack_saved_model  # re-exported for callers
@@ -141,37 +139,9 @@ def _device(info: ModelInfo, options: BackendOptions) -> str:
 # SavedModel
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
-    """Refuse anything that could land outside the extraction directory."""
-    name = member.name
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in name.split("/"):
-        raise ValueError(
-            f"archive member {name!r} has an absolute path or '..'; refusing the archive"
-        )
-    if member.issym() or member.islnk():
-        target = member.linkname
-        # A symlink resolves from its own folder, a hard link from the archive root.
-        base = posixpath.dirname(name) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-            raise ValueError(
-                f"archive member {name!r} links to {target!r}, outside the model directory; "
-                "refusing the archive"
-            )
-    elif not (member.isfile() or member.isdir()):
-        raise ValueError(f"archive member {name!r} is not a file or directory; refusing it")
-
-
 def _extract(blob: bytes, target: Path, options: BackendOptions) -> None:
-    check_tar(blob, options, "the SavedModel archive")
     try:
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as archive:
-            members = archive.getmembers()
-            for member in members:
-                _check_member(member)
-            archive.extractall(target, members=members, filter="data")
-    except tarfile.FilterError as exc:  # the second line of defence
-        raise ValueError(f"unsafe archive member refused: {exc}") from None
+        extract_tar(blob, target, options, "the SavedModel archive")
     except tarfile.TarError as exc:
         # tarfile.open lists one failure per compression tried; the first line says enough.
         reason = str(exc).splitlines()[0].rstrip(":")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -36,6 +37,17 @@ STATUS = {"EARGS": 400, "EINPUT": 400, "ETENSOR": 400, "EMODEL": 404, "EBUSY": 5
 def _error(exc: InferisError) -> JSONResponse:
     return JSONResponse({"error": f"{exc.code} {exc.message}"},
                         status_code=STATUS.get(exc.code, 500))
+
+
+# Unknown paths and methods, and anything unforeseen, answer in the protocol's
+# error form too (an OIP client reads "error"), never with a traceback.
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(_: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
 def create_app(redis_url: str, timeout_ms: int = 30_000) -> Starlette:
@@ -129,7 +141,8 @@ def create_app(redis_url: str, timeout_ms: int = 30_000) -> Starlette:
         Route(model + "/infer", infer, methods=["POST"]),
         Route(versioned + "/infer", infer, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
 
 
 def _spec(spec: Any) -> dict[str, Any]:

@@ -10,11 +10,13 @@ way for outputs asked with ``binary_data: true``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from inferis.client.protocol.defaults import MAX_RANK, MAX_TENSOR_BYTES
 from inferis.client.protocol.errors import ArgumentError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -70,6 +72,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArgumentError(f"the request is not JSON: {exc}") from None
+    except RecursionError:
+        raise ArgumentError("the request's JSON is nested too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise ArgumentError("an infer request is a JSON object with an inputs list")
     inputs: dict[str, np.ndarray] = {}
@@ -82,18 +86,42 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         inputs[name] = array
     if offset != len(rest):
         raise ArgumentError(f"{len(rest) - offset} bytes of binary data belong to no input")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ArgumentError("parameters must be an object")
+    params = _parameters(doc.get("parameters"), "the request's")
     request = InferRequest(_request_id(doc.get("id")), inputs, parameters=params,
                            binary_default=bool(params.get("binary_data_output", False)))
-    for out in doc.get("outputs") or []:
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise ArgumentError("outputs must be a list")
+    for out in outputs:
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise ArgumentError("each requested output is an object with a name")
         request.requested.append(out["name"])
-        if (out.get("parameters") or {}).get("binary_data", request.binary_default):
+        if _parameters(out.get("parameters"), f"output {out['name']}").get(
+                "binary_data", request.binary_default):
             request.binary_outputs.add(out["name"])
     return request
+
+
+def _parameters(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ArgumentError(f"{what} parameters must be an object")
+    return value
+
+
+def _shape(name: str, shape: Any) -> list[int]:
+    """The protocol's shape rule (client/protocol/tensor.py), checked before numpy
+    sees it: numpy wraps int64 products silently and refuses ranks over 64."""
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ArgumentError(f"input {name}: shape must be a list of non-negative integers")
+    if len(shape) > MAX_RANK:
+        raise ArgumentError(f"input {name}: rank {len(shape)} exceeds the limit of {MAX_RANK}")
+    if math.prod(max(d, 1) for d in shape) > MAX_TENSOR_BYTES:
+        raise ArgumentError(f"input {name}: shape {shape} exceeds the limit of "
+                            f"{MAX_TENSOR_BYTES} elements")
+    return shape
 
 
 def _request_id(value: Any) -> str | None:
@@ -107,19 +135,18 @@ def _request_id(value: Any) -> str | None:
 def _input(item: Any, rest: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
     if not isinstance(item, dict):
         raise ArgumentError("each input is an object with name, shape, datatype and data")
-    name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
+    name, datatype = item.get("name"), item.get("datatype")
     if not isinstance(name, str) or not name:
         raise ArgumentError("an input has no name")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ArgumentError(f"input {name}: shape must be a list of non-negative integers")
+    shape = _shape(name, item.get("shape"))
     dtype = _DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise ArgumentError(f"input {name}: datatype {datatype!r} is not served "
                             f"(one of {', '.join(_DTYPES)})")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    size = (item.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)
+    size = _parameters(item.get("parameters"), f"input {name}").get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size != count * dtype.itemsize:
+        if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize:
             raise ArgumentError(f"input {name}: binary_data_size {size} does not match shape "
                                 f"{shape} of {datatype} ({count * dtype.itemsize} bytes)")
         if offset + size > len(rest):
@@ -131,7 +158,8 @@ def _input(item: Any, rest: memoryview, offset: int) -> tuple[str, np.ndarray, i
         raise ArgumentError(f"input {name} has neither data nor binary_data_size")
     try:
         array = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # OverflowError: an integer out of the datatype's range
         raise ArgumentError(f"input {name}: data does not fit {datatype}: {exc}") from None
     if array.size != count:
         raise ArgumentError(f"input {name}: {array.size} values for shape {shape}")

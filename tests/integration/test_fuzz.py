@@ -19,12 +19,23 @@ from inferis.engine.models.pipeline import parse_pipeline
 from .. import models
 
 CODES = ("EARGS", "ETENSOR", "EMODEL", "EINPUT", "EBUSY", "EDIGEST", "WRONGTYPE", "ENOPERM")
+LIFECYCLE = ["MODELALIAS", "MODELALIASGET", "MODELFEEDBACK", "MODELQUALITY", "MODELDRIFT",
+             "MODELEXPORT", "MODELAUDIT"]
+# Called by workers, but any user allowed FCALL and the keys can call them too.
+INTERNAL = ["_INFERIS_COMPLETE", "_INFERIS_PRUNE", "_INFERIS_STATS", "_INFERIS_WARMED",
+            "_INFERIS_LOG", "_INFERIS_SHADOW", "_INFERIS_EDGES", "_INFERIS_DRIFT",
+            "_INFERIS_LOADED"]
 FUNCTIONS = ["TENSORSET", "TENSORGET", "MODELCHUNK", "MODELSTORE", "MODELGET", "MODELDEL",
-             "MODELRUN", "MODELRUNMANY"]
+             "MODELRUN", "MODELRUNMANY", *LIFECYCLE, *INTERNAL]
 WORDS = ["RAW", "BLOB", "VALUES", "META", "FLOAT", "int64", "str", "bool", "MODEL", "VERSION",
          "INPUTS", "OUTPUTS", "INNAMES", "OUTNAMES", "DATA", "TIMEOUT", "TTL", "REPLYTO", "ID",
          "BACKEND", "DIGEST", "CHUNKS", "INDEX", "INPUT", "OUTPUT", "BATCH", "PREFERRED", "TAG",
-         "EPHEMERAL",
+         "EPHEMERAL", "UNIT",
+         # lifecycle words and values: aliases, splits, feedback, drift, completions
+         "SET", "DEL", "COMMIT", "HISTORY", "SHADOW", "GUARD", "LOGTTL", "BY", "NOWARM", "REF",
+         "CUR", "production", "latest", "1=5000,2=5000", "1=10000", "2=9999,1=1", "1,2",
+         "classification", "regression", "0.2,0.8", "nan,1", "S", "X", "L", "poison", "0-1",
+         "COUNT",
          "-1", "0", "1", "2", "99999999999", "1e308", "-0", "nan", "", "ab" * 32, "{inferis:0}:x",
          # numeric spellings tonumber() would take and dimensions that overflow
          "1e309", "inf", "0x10", " 7", "16384", "18446744073709551616", "4611686018427387904",
@@ -53,7 +64,7 @@ def test_random_calls_get_clear_errors_and_serving_goes_on(
     served: Client, r: redis.Redis, workers, iris
 ) -> None:
     @settings(
-        max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+        max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
     )
     @given(
         function=st.sampled_from(FUNCTIONS),
@@ -201,3 +212,189 @@ def test_random_records_are_answered_and_serving_goes_on(
     assert all(p.poll() is None for p in workers.processes)
     out = served.predict("guarded.model.0", {"X": iris.features[:4]})
     assert np.array_equal(out["label"], iris.reference(iris.features[:4])["label"])
+
+
+# --- the lifecycle Functions and the worker-internal ones, by their grammars ---
+
+FUZZ = "{inferis:fuzz}"  # a hash tag no worker reads: completions here touch no real queue
+STREAM, DLQ, CONFIG = f"{FUZZ}:requests", f"{FUZZ}:deadletter", f"{FUZZ}:config"
+NUMBER = st.one_of(
+    st.sampled_from(["0", "1", "2", "-1", "-0", "0.5", "3e5", "1e7", "1e15", "1e308", "-1e308",
+                     "1e309", "nan", "inf", "0x10", " 7", "99999999999", "9999999999999999",
+                     "18446744073709551616", ""]),
+    st.integers(min_value=-(2**64), max_value=2**64).map(str),
+)
+VERSION = st.sampled_from(["1", "2", "3", "0", "-1", "01", "latest", "production", ""])
+ALIAS = st.sampled_from(["production", "canary", "latest", "LATEST", "", "9lives", "a" * 65])
+SPEC = st.sampled_from(["1", "2", "1=5000,2=5000", "1=9000,2=1000", "2=10000", "1=10001",
+                        "1=5000,1=5000", "3", "0", "1=0,2=10000", "=", ",", "1=-1", ""])
+MODEL_KEY = st.one_of(
+    st.sampled_from(["scale", "inferis:{scale}", "nosuch", "inferis:{}", "", "{inferis:0}:x",
+                     "a" * 129]),
+    st.text(max_size=10),
+).map(lambda key: [key])
+RID = st.sampled_from(["fz.1", "fz.2", "", "x" * 129])
+CONSUMER = st.sampled_from(["fuzz-worker", "", "x" * 300])
+COLUMN = st.sampled_from(["in:X:0", "out:Y:*", "", ":"])
+COUNTS = st.one_of(st.lists(NUMBER, max_size=20).map(",".join), st.sampled_from(["", ",,", "1,x"]))
+TAIL = st.lists(ARG, max_size=4)
+ALIAS_OPTION = st.one_of(
+    st.tuples(st.just("SHADOW"), VERSION, NUMBER),
+    st.tuples(st.just("GUARD"), NUMBER, NUMBER, NUMBER),
+    st.tuples(st.just("LOGTTL"), NUMBER), st.tuples(st.just("BY"), st.text(max_size=300)),
+    st.tuples(st.just("NOWARM")),
+)
+ENTRY_ID = st.sampled_from(["0-1", "1-1", "1", "x", "", "1-", "99999999999999999999-1"])
+WRITE_KEY = st.sampled_from([f"{FUZZ}:out", f"{FUZZ}:replies:c-ab12", STREAM, f"{FUZZ}:h"])
+
+
+def _flat(parts: tuple | list) -> list:
+    return [x for part in parts
+            for x in (_flat(part) if isinstance(part, tuple | list) else (part,))]
+
+
+def _call(function: str, keys: st.SearchStrategy, *parts: st.SearchStrategy) -> st.SearchStrategy:
+    """function, keys, a prefix that follows the grammar, then a random tail."""
+    return st.tuples(st.just(function), keys, st.tuples(*parts).map(_flat), TAIL).map(
+        lambda c: (c[0], c[1], [*c[2], *c[3]]))
+
+
+@st.composite
+def completion(draw: st.DrawFn, entry_ids: list[str]) -> tuple[str, list, list]:
+    keys, args = [draw(st.sampled_from([STREAM, DLQ, "{inferis:0}:x"])), DLQ, CONFIG], []
+    entries = draw(st.lists(st.tuples(
+        st.one_of(st.sampled_from(entry_ids), ENTRY_ID),
+        st.sampled_from(["1", "0", "256", "300", "-1", "x", "99999999999999999999"]),
+        st.sampled_from(["", "poison", "malformed: EARGS x"]), st.sampled_from(["1", "3"]),
+        st.lists(st.tuples(st.sampled_from(["S", "X", "L", "Q"]), NUMBER, st.binary(max_size=8),
+                           WRITE_KEY), max_size=3),
+    ), max_size=3))
+    for entry_id, requests, reason, deliveries, writes in entries:
+        args += [entry_id, requests, reason, deliveries, str(len(writes))]
+        for op, ttl, value, key in writes:
+            args += [op, ttl, value]
+            keys.append(key)
+    count = draw(st.one_of(st.just(str(len(entries))), NUMBER))
+    cut = draw(st.one_of(st.just(len(keys)), st.integers(0, len(keys))))  # keys gone missing
+    return "_INFERIS_COMPLETE", keys[:cut], [count, *args, *draw(TAIL)]
+
+
+def test_lifecycle_and_worker_functions_get_clear_errors_and_serving_goes_on(
+    served: Client, r: redis.Redis, workers, iris, redis_server
+) -> None:
+    served.modelstore("scale", "onnx", models.scale_model(1.0))
+    served.modelstore("scale", "onnx", models.scale_model(2.0))
+    r.xgroup_create(STREAM, "inferis", id="0", mkstream=True)
+    for n in range(30):  # entries pending for a consumer, as a worker leaves them
+        r.xadd(STREAM, {"n": str(n % 3), "reply": f"{FUZZ}:replies:c-ab12"})
+    r.xreadgroup("inferis", "fuzz-worker", {STREAM: ">"})
+    entry_ids = [i.decode() for i, _ in r.xrange(STREAM)]
+    r.hset(f"{FUZZ}:h", "a", "b")
+    # A Function that never ends would hold Redis: fail the call instead of waiting.
+    conn = redis.Redis.from_url(redis_server.url, socket_timeout=10)
+    calls = st.one_of(
+        _call("MODELALIAS", MODEL_KEY, st.sampled_from(["SET", "set", "DEL", "COMMIT", "MOVE"]),
+              ALIAS, SPEC, st.lists(ALIAS_OPTION, max_size=3)),
+        _call("MODELALIASGET", MODEL_KEY, st.one_of(
+            st.tuples(), st.tuples(ALIAS), st.tuples(st.just("HISTORY"), NUMBER))),
+        _call("MODELFEEDBACK", MODEL_KEY, RID, NUMBER),
+        _call("MODELQUALITY", MODEL_KEY),
+        _call("MODELDRIFT", MODEL_KEY, VERSION,
+              st.lists(st.tuples(st.sampled_from(["REF", "CUR", "NOW"]), NUMBER), max_size=2)),
+        _call("_INFERIS_STATS", MODEL_KEY, CONSUMER,
+              st.lists(st.tuples(VERSION, NUMBER, NUMBER, NUMBER, NUMBER), max_size=2)),
+        _call("_INFERIS_WARMED", MODEL_KEY, CONSUMER, st.lists(VERSION, max_size=2)),
+        _call("_INFERIS_LOG", MODEL_KEY, st.sampled_from(["60000", "0", "x"]), st.lists(st.tuples(
+            RID, VERSION, st.sampled_from(["classification", "regression", "other"]), NUMBER,
+            st.sampled_from(["", "0.2,0.8", "nan,1", "0.5,x", "inf"])), max_size=2)),
+        _call("_INFERIS_SHADOW", MODEL_KEY, VERSION, VERSION, NUMBER, NUMBER, NUMBER),
+        _call("_INFERIS_EDGES", MODEL_KEY, VERSION,
+              st.lists(st.tuples(COLUMN, NUMBER, NUMBER), max_size=2)),
+        _call("_INFERIS_DRIFT", MODEL_KEY, VERSION, NUMBER, st.sampled_from(["60000", "0"]),
+              NUMBER, st.lists(st.tuples(COLUMN, COUNTS), max_size=2)),
+        _call("MODELEXPORT", MODEL_KEY, st.lists(st.one_of(
+            st.tuples(st.just("VERSION"), VERSION),
+            st.tuples(st.just("BY"), st.text(max_size=300))), max_size=2)),
+        _call("MODELAUDIT", MODEL_KEY, st.one_of(st.tuples(), st.tuples(st.just("COUNT"), NUMBER))),
+        _call("_INFERIS_LOADED", MODEL_KEY, st.text(max_size=300),
+              st.lists(st.tuples(VERSION, st.sampled_from(["ab" * 32, "", "x"])), max_size=2)),
+        _call("_INFERIS_PRUNE", st.sampled_from([[STREAM], [], [f"{FUZZ}:h"], ["nosuch"]]),
+              NUMBER, st.lists(CONSUMER, max_size=2)),
+        completion(entry_ids),
+        # and the same Functions given nothing but noise
+        st.tuples(st.sampled_from(LIFECYCLE + INTERNAL), st.lists(KEY, max_size=3),
+                  st.lists(ARG, max_size=10)),
+    )
+
+    @settings(
+        max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(call=calls)
+    def fuzz(call: tuple[str, list, list]) -> None:
+        function, keys, args = call
+        try:
+            conn.fcall(function, len(keys), *keys, *args)
+        except redis.ResponseError as exc:
+            assert str(exc).split(" ", 1)[0] in CODES, (call, str(exc))
+
+    fuzz()
+    conn.close()
+    assert r.ping() and r.type(STREAM) == b"stream" and r.type(K.request_stream(0)) == b"stream"
+    assert all(p.poll() is None for p in workers.processes)
+    out = served.predict("guarded.model.0", {"X": iris.features[:4]})
+    assert np.array_equal(out["label"], iris.reference(iris.features[:4])["label"])
+
+
+def test_what_fuzzing_found_in_the_worker_functions_stays_fixed(
+    r: redis.Redis, client: Client, redis_server
+) -> None:
+    from inferis.client import ArgumentError
+
+    conn = redis.Redis.from_url(redis_server.url, socket_timeout=10)
+    # A count of entries that is not a decimal integer, or beyond what the arguments
+    # hold: tonumber('1e309') is inf, and the loop over it held Redis for ever.
+    for count in ("1e309", "565570975976961615", "x"):
+        with pytest.raises(redis.ResponseError, match=r"^EARGS "):
+            conn.fcall("_INFERIS_COMPLETE", 3, STREAM, DLQ, CONFIG, count, "1-1", "1", "", "1",
+                       "1e309")
+    # An entry settled with 0 requests (appended by hand, without n): Lua sent -0 to
+    # HINCRBY, which refused it, and the rest of the batch was never settled.
+    r.xgroup_create(STREAM, "inferis", id="0", mkstream=True)
+    first = r.xadd(STREAM, {"reply": f"{FUZZ}:replies:c-ab12"}).decode()
+    second = r.xadd(STREAM, {"n": "1"}).decode()
+    r.xreadgroup("inferis", "w", {STREAM: ">"})
+    settled = conn.fcall("_INFERIS_COMPLETE", 4, STREAM, DLQ, CONFIG, f"{FUZZ}:out", "2",
+                         first, "0", "malformed: EARGS no q", "1", "0",
+                         second, "1", "", "1", "1", "S", "0", "answer")
+    assert settled == [1, 1] and r.get(f"{FUZZ}:out") == b"answer" and r.xlen(STREAM) == 0
+    # Worker calls without a consumer name or a stream: Lua errors on nil before.
+    for function, keys in (("_INFERIS_STATS", ["inferis:{m}"]),
+                           ("_INFERIS_WARMED", ["inferis:{m}"]), ("_INFERIS_PRUNE", [])):
+        with pytest.raises(redis.ResponseError, match=r"^EARGS "):
+            conn.fcall(function, len(keys), *keys)
+
+    # Feedback: an increment of 10^17 or more went to HINCRBY as "1e+17" and was
+    # refused after the join was half counted; a NaN prediction did the same.
+    conn.fcall("_INFERIS_LOG", 1, "inferis:{m}", "60000",
+               "far", "1", "regression", "0", "", "farther", "1", "regression", "0", "",
+               "nan", "1", "regression", "nan", "", "cls", "1", "classification", "1", "nan,0.5")
+    assert client.feedback("m", "far", 1e6) == ("joined", 1)
+    assert r.hget("inferis:{m}:quality:1", "sq_err_e6") == b"1000000000000000000"
+    with pytest.raises(ArgumentError, match="past what a counter holds; nothing was written"):
+        client.feedback("m", "farther", 1e7)
+    assert r.hget("inferis:{m}:p:farther", "fb") is None
+    assert r.hget("inferis:{m}:quality:1", "n") == b"1"
+    assert client.feedback("m", "farther", 1.0) == ("joined", 1)
+    assert client.feedback("m", "nan", 1.0) == ("unknown", 0)  # not logged: nothing to score
+    assert r.hget("inferis:{m}:p:cls", "proba") == b""  # probabilities that are not all finite
+    assert client.feedback("m", "cls", 1.0) == ("joined", 1)
+    conn.close()
+
+
+def test_every_function_of_the_library_is_fuzzed() -> None:
+    import re
+
+    from inferis.lua import library_source
+
+    names = set(re.findall(r"function_name = '(\w+)'", library_source()))
+    assert names - {"INFERIS_VERSION"} == set(FUNCTIONS), "fuzz the new Function here too"
