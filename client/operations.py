@@ -28,7 +28,7 @@ import numpy as np
 
 from . import audit, drift, encryption
 from .inflight import InFlight, RequestIds
-from .protocol import aliases, commands, keys
+from .protocol import aliases, caching, commands, keys
 from .protocol.commands import Command
 from .protocol.defaults import (
     AUDIT_MAXLEN,
@@ -39,6 +39,7 @@ from .protocol.defaults import (
     MAX_CALL_REQUESTS,
     MAX_TIMEOUT_MS,
     MAX_TTL_MS,
+    MODELS_CHANNEL,
     RECONNECT_WINDOW_S,
 )
 from .protocol.entries import InputSlot, OutputSlot, RunRequest
@@ -614,6 +615,38 @@ class Operations:
         _check_int("maxlen", maxlen, 0)
         limits = keys.model_key(name, "limits")
         yield Call(("HSET", limits, "audit_maxlen", maxlen), True, route=limits)
+
+    @operation
+    def set_cache(self, name: str, ttl_ms: int | None, max_entries: int | None = None, *,
+                  alias: str | None = None) -> Plan[None]:
+        """Cache the answers of model ``name`` (or only of requests through its
+        ``alias``) for ``ttl_ms``, at most ``max_entries`` per partition: this overrides
+        what its versions were stored with. ``ttl_ms=0`` turns caching off at this
+        level; ``None`` removes the setting, so the next level applies (alias, then
+        model, then version). Workers hear of it at once (the model's notice)."""
+        _check_model(name)
+        if alias is not None and not (isinstance(alias, str) and aliases.is_alias_ref(alias)):
+            raise ArgumentError(f"alias must be an alias name, got {alias!r}")
+        key = keys.cache_settings(name)
+        if ttl_ms is None:
+            if max_entries is not None:
+                raise ArgumentError("max_entries needs ttl_ms (None removes the setting)")
+            yield Call(("HDEL", key, *caching.unset_fields(alias)), True, route=key)
+        else:
+            try:
+                policy = caching.check_policy(ttl_ms, max_entries)
+            except ValueError as exc:
+                raise ArgumentError(str(exc)) from None
+            yield Call(("HSET", key, *caching.settings_fields(policy, alias)), True, route=key)
+        yield Call(("PUBLISH", MODELS_CHANNEL, name), True, route=key)
+
+    @operation
+    def cache_settings(self, name: str) -> Plan[caching.CacheSettings]:
+        """The model's and its aliases' cache settings (what :meth:`set_cache` wrote);
+        a version's own is in its ``extra["cache"]``."""
+        _check_model(name)
+        key = keys.cache_settings(name)
+        return caching.CacheSettings.parse(text_map((yield Call(("HGETALL", key), route=key))))
 
     def key_for(self, routing_key: str, name: str) -> str:
         """A key for a tensor you store to pass by key later, next to the runs that

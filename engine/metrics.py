@@ -98,6 +98,18 @@ WARMUP_LOADS = Counter(
 )
 
 
+CACHE_LOOKUPS = Counter(
+    "inferis_cache_lookups_total",
+    "Prediction cache lookups of cacheable requests, by result (hit: answered without running)",
+    ["model", "version", "result"],
+)
+CACHE_EVICTIONS = Counter(
+    "inferis_cache_evictions_total",
+    "Cached answers deleted to keep a model's entries per partition within max_entries",
+    ["model"],
+)
+
+
 class Series:
     """The labelled children of one model version: ``labels()`` is slow per request."""
 
@@ -168,6 +180,8 @@ class _Counts:
     errors: int = 0
     run_us: int = 0
     queue_us: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 class ModelStats:
@@ -187,6 +201,12 @@ class ModelStats:
         counts.errors += 0 if ok else 1
         counts.run_us += run_us
         counts.queue_us += queue_us
+
+    def record_cache(self, model: str, version: int, hit: bool) -> None:
+        """A cacheable request answered: from the cache (hit) or by a run (miss)."""
+        counts = self._pending[model, version]
+        counts.cache_hits += hit
+        counts.cache_misses += not hit
 
     def flush_due(self, conn: redis.Redis, force: bool = False,
                   held: Callable[[], Iterable[str]] = tuple) -> None:
@@ -208,6 +228,7 @@ class ModelStats:
             pipe.execute_command(
                 *commands.worker_stats(model, self.consumer, counts, self.region).as_args()
             )
+        _add_cache_counts(pipe, pending)
         try:
             pipe.execute()
         except Exception:
@@ -221,3 +242,20 @@ class ModelStats:
             mine.errors += counts.errors
             mine.run_us += counts.run_us
             mine.queue_us += counts.queue_us
+            mine.cache_hits += counts.cache_hits
+            mine.cache_misses += counts.cache_misses
+
+
+def _add_cache_counts(pipe: Any, pending: dict[tuple[str, int], _Counts]) -> None:
+    """Cache hits and misses per model, added to its stats hash beside the counts
+    ``_INFERIS_STATS`` keeps (so ``inferis model stats`` shows them)."""
+    totals: dict[str, list[int]] = {}
+    for (model, _), c in pending.items():
+        if (c.cache_hits or c.cache_misses) and keys.is_model_name(model):
+            total = totals.setdefault(model, [0, 0])
+            total[0] += c.cache_hits
+            total[1] += c.cache_misses
+    for model, (hits, misses) in totals.items():
+        stats = keys.model_key(model, "stats")
+        pipe.hincrby(stats, "cache_hits", hits)
+        pipe.hincrby(stats, "cache_misses", misses)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+from . import caching, keys
 from .defaults import CHUNK_SIZE
 from .entries import RunRequest, pack_records
 from .errors import ArgumentError
@@ -97,6 +97,8 @@ def modelstore(
     signing_key: Any = None,
     encryption_key: Any = None,
     by: str = "",
+    cache_ttl_ms: int | None = None,  # cache its answers (caching.py)
+    cache_max_entries: int | None = None,
     region: int = 0,
 ) -> list[Command]:
     """The commands that store one version: chunk uploads, then the commit.
@@ -112,6 +114,8 @@ def modelstore(
     blob = bytes(blob)
     if not blob:
         raise ArgumentError("model blob is empty")
+    if cache_ttl_ms is not None or cache_max_entries is not None:
+        extra = caching.meta_with_policy(extra, cache_ttl_ms, cache_max_entries)
     key_id = ""
     if encryption_key is not None:
         from .. import encryption

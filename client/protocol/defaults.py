@@ -56,6 +56,15 @@ CHUNK_SIZE = 16 * 1024 * 1024
 STAGING_TTL_MS = 3_600_000  # an upload that never commits is gone after this
 MAX_MODEL_NAME = 128
 
+# ---------------------------------------------------------------- prediction cache
+
+# Answers a model keeps cached per partition, unless its setting says otherwise:
+# the count, not Redis's maxmemory policy, bounds the cache (docs/PROTOCOL.md §18).
+CACHE_MAX_ENTRIES = 10_000
+MAX_CACHE_ENTRIES = 10_000_000
+# An answer whose encoded outputs are larger than this is not cached.
+CACHE_MAX_VALUE_BYTES = INLINE_LIMIT
+
 # ---------------------------------------------------------------- replies
 
 REPLY_READ_COUNT = 1024  # reply entries a client reads per XREAD

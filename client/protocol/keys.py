@@ -155,6 +155,17 @@ def deadletter_of(stream: str) -> str:
     return f"{base_of(stream)}:deadletter"
 
 
+def prediction_index(base: str, model: str) -> str:
+    """Sorted set of ``model``'s cached answers in one partition: member
+    ``<digest>:<inputs hash>``, score the entry's expiry (ms)."""
+    return f"{base}:cache:{model}"
+
+
+def prediction_key(base: str, model: str, member: str) -> str:
+    """One cached answer, in the partition (the slot) of the requests it answers."""
+    return f"{prediction_index(base, model)}:{member}"
+
+
 # ---------------------------------------------------------------- model keys
 
 
@@ -166,6 +177,11 @@ def model_base(name: str) -> str:
 
 def model_key(name: str, part: str) -> str:
     return f"inferis:{{{name}}}:{part}"
+
+
+def cache_settings(name: str) -> str:
+    """Hash: the operator's prediction-cache settings of a model and its aliases."""
+    return model_key(name, "cache")
 
 
 def model_name_of(key: bytes | str) -> str:

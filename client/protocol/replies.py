@@ -9,6 +9,7 @@ one field ``d``: a msgpack array of answer maps (docs/PROTOCOL.md §7.1)::
     version  the version that served it (0 if none was resolved)
     digest   that version's SHA-256 ("" if none)
     timing   {"queue_us", "run_us", "batch"}
+    cached   true when the answer came from the prediction cache (absent otherwise)
     outputs  [[name, key or nil, encoded tensor or nil]...]   (ok only)
     code     error code                                       (errors only)
     error    message                                          (errors only)
@@ -45,6 +46,7 @@ class Answer:
     queue_us: int = 0
     run_us: int = 0
     batch: int = 1
+    cached: bool = False  # served from the prediction cache: the model did not run
 
     def as_map(self) -> dict[str, Any]:
         msg: dict[str, Any] = {
@@ -56,6 +58,8 @@ class Answer:
             msg["outputs"] = [list(o) for o in self.outputs]
         else:
             msg["code"], msg["error"] = self.error.code, self.error.message
+        if self.cached:
+            msg["cached"] = True
         return msg
 
     def as_json_line(self) -> bytes:
@@ -68,6 +72,8 @@ class Answer:
             doc["outputs"] = {name: key for name, key, _ in self.outputs}
         else:
             doc["code"], doc["error"] = self.error.code, self.error.message
+        if self.cached:
+            doc["cached"] = True
         return json.dumps(doc).encode()
 
 
@@ -89,6 +95,7 @@ class RunResult:
     error: InferisError | None = None
     timing_us: dict[str, int] = field(default_factory=dict)
     batch_size: int = 1  # how many requests the worker ran together with this one
+    cached: bool = False  # answered from the prediction cache, without running the model
     missing: list[str] = field(default_factory=list)  # outputs to read by key
 
     def raise_for_error(self) -> RunResult:
@@ -106,7 +113,7 @@ def unpack_answers(payload: bytes) -> list[RunResult]:
         result = RunResult(
             rid=msg["rid"], model=msg.get("model", ""), version=msg.get("version", 0),
             digest=msg.get("digest", ""), batch_size=int(timing.pop("batch", 1)),
-            timing_us=timing,
+            timing_us=timing, cached=bool(msg.get("cached", False)),
         )
         if not msg.get("ok"):
             result.error = error_from_code(msg.get("code", "EINFERIS"), msg.get("error", ""))

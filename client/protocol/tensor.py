@@ -148,20 +148,24 @@ def encode_header(dtype_name: str, shape: tuple[int, ...]) -> bytes:
     return prefix + header + b"\0" * (offset - PREFIX_SIZE - len(header))
 
 
-def encode_tensor(value: Any, max_bytes: int = MAX_TENSOR_BYTES) -> bytes:
-    """Encode an array-like into the tensor value format."""
+def tensor_parts(value: Any) -> tuple[bytes, bytes | memoryview]:
+    """The two parts of an array-like's encoding: prefix and header (dtype and shape,
+    padded), then the data bytes. Their concatenation is the tensor value."""
     array = value if type(value) is np.ndarray else np.asarray(value)
     dtype_name = wire_dtype(array.dtype)
     header = encode_header(dtype_name, tuple(map(int, array.shape)))
     if dtype_name == STRING_DTYPE:
         items = [_as_text(x) for x in array.reshape(-1).tolist()]
-        data: bytes | memoryview = msgpack.packb(items)
-        size = len(data)
-    else:
-        # Bytes view: memoryview cannot describe extension dtypes such as bfloat16.
-        flat = np.ascontiguousarray(array, dtype=numpy_dtype(dtype_name)).reshape(-1)
-        data = flat.view(np.uint8).data
-        size = data.nbytes
+        return header, msgpack.packb(items)
+    # Bytes view: memoryview cannot describe extension dtypes such as bfloat16.
+    flat = np.ascontiguousarray(array, dtype=numpy_dtype(dtype_name)).reshape(-1)
+    return header, flat.view(np.uint8).data
+
+
+def encode_tensor(value: Any, max_bytes: int = MAX_TENSOR_BYTES) -> bytes:
+    """Encode an array-like into the tensor value format."""
+    header, data = tensor_parts(value)
+    size = len(data) if isinstance(data, bytes) else data.nbytes
     if size > max_bytes:
         raise TensorError(f"tensor of {size} bytes exceeds the limit of {max_bytes} bytes")
     return b"".join((header, data))

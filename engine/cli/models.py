@@ -1,4 +1,5 @@
-"""``inferis model store|list|get|export|del|stats|audit``."""
+"""``inferis model store|list|get|export|del|stats|audit``; cache and the lifecycle
+commands come from their own modules."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from inferis.client.protocol.errors import ArgumentError
 
 from ..backends.savedmodel import pack_saved_model
 from ..models.introspect import store_model
-from . import lifecycle
+from . import cache, lifecycle
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -46,6 +47,10 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     store.add_argument("--by", default="", help="who stores it (after the ACL user, in the audit)")
     store.add_argument("--no-inspect", action="store_true",
                        help="do not load the model here to record its signature")
+    store.add_argument("--cache-ttl-ms", type=int, default=None,
+                       help="cache this version's answers in Redis for this long")
+    store.add_argument("--cache-max-entries", type=int, default=None,
+                       help="cached answers kept per partition (default 10000)")
     msub.add_parser("list", parents=[common], help="list model names")
     get = msub.add_parser("get", parents=[common], help="show a version's metadata")
     get.add_argument("name")
@@ -73,6 +78,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     )
     stats.add_argument("names", nargs="*", help="models (default: all)")
     lifecycle.add_commands(msub, common)
+    cache.add_commands(msub, common)
 
 
 def _batch(text: str) -> tuple[int, int] | tuple[int, int, list[int]] | None:
@@ -119,6 +125,8 @@ def _store(client: Client, ns: argparse.Namespace) -> None:
         "inputs": [_spec(text) for text in ns.input],
         "outputs": [_spec(text) for text in ns.output],
         "extra": _meta(ns.meta),
+        "cache_ttl_ms": ns.cache_ttl_ms,
+        "cache_max_entries": ns.cache_max_entries,
     }
     if ns.sign is not None:
         options["signing_key"] = ns.sign
@@ -203,4 +211,6 @@ def cmd_model(ns: argparse.Namespace) -> int:
             _stats(client, ns.names)
         elif ns.model_command in lifecycle.COMMANDS:
             lifecycle.run(client, ns)
+        elif ns.model_command in cache.COMMANDS:
+            cache.run(client, ns)
     return 0

@@ -76,12 +76,14 @@ def _answer(
     )
     if request.error is None:
         try:
-            encoded = _encoded_outputs(request)
+            # A cached answer comes encoded; a run's outputs are encoded once, here.
+            encoded = request.encoded = request.encoded or _encoded_outputs(request)
         except InferisError as exc:
             request.fail(exc)
     if request.error is not None:
         answer.error, answer.run_us, answer.batch = request.error, 0, 1
         return answer, []
+    answer.cached = request.cache is not None and request.cache.hit
     named = bool(spec.outputs)
     keep_all = named or not spec.ephemeral or not entry.reply
     written: list[tuple[str, bytes]] = []
@@ -128,5 +130,7 @@ def record(
         if info is not None:
             stats.record(spec.model, info.version, request.error is None, request.run_us,
                          int(queue_s * 1e6))
+            if request.cache is not None:
+                stats.record_cache(spec.model, info.version, request.cache.hit)
     for (series, status), n in counts.items():
         series.requests(status).inc(n)

@@ -30,6 +30,7 @@ from .. import metrics
 from ..backends.base import RunTimeout
 from ..models.cache import ModelCache
 from .batching import plan, run_batch, shared_rows
+from .prediction_cache import PredictionCache
 from .request import Request
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Executor:
     def __init__(self, conn: redis.Redis, cache: ModelCache) -> None:
         self._redis = conn
         self.cache = cache
+        self.predictions = PredictionCache(conn)
 
     def prepare(self, requests: Sequence[Request], now_ms: int) -> None:
         """Check every request not already failed; those that pass are ready to run."""
@@ -54,6 +56,7 @@ class Executor:
                 log.exception("preparing request %s failed", request.rid)
                 request.fail(InputError(f"request {request.rid} could not be prepared: "
                                         f"{type(exc).__name__}: {exc}"))
+        self.predictions.lookup(requests)  # hits are answered, not run
 
     def run(self, requests: Sequence[Request]) -> None:
         for batch in plan([r for r in requests if r.ready]):

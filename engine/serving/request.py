@@ -19,6 +19,18 @@ from inferis.client.protocol.models import ModelInfo
 from ..backends.base import LoadedModel
 
 
+@dataclass(slots=True)
+class CacheSlot:
+    """Where a cacheable request's answer is kept (prediction_cache.py)."""
+
+    key: str  # the entry
+    index: str  # the model's sorted set of entries in this partition
+    member: str  # <digest>:<inputs hash>, the entry's member of the index
+    ttl_ms: int
+    max_entries: int
+    hit: bool = False
+
+
 @dataclass(slots=True, eq=False)
 class Request:
     spec: RunRequest  # what the caller asked
@@ -30,11 +42,14 @@ class Request:
     rows: int | None = None  # first dimension shared by every input (None: not batchable)
     output_names: list[str] = field(default_factory=list)
     route: AliasRoute | None = None  # the alias that chose the version, if any
+    cache: CacheSlot | None = None  # set when its answer may come from, or go to, the cache
     # The outcome:
     results: dict[str, np.ndarray] = field(default_factory=dict)
     error: InferisError | None = None
     run_us: int = 0
     batch_size: int = 1  # requests that ran in the same backend call
+    # Outputs as encoded tensors, once: read from the cache, or encoded for the answer.
+    encoded: list[tuple[str, bytes]] | None = None
 
     @property
     def rid(self) -> str:
@@ -48,3 +63,4 @@ class Request:
     def fail(self, error: InferisError) -> None:
         self.error = error
         self.results = {}
+        self.encoded = None
