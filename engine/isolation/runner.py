@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -231,7 +232,8 @@ class IsolatedRunner:
         process = self._context.Process(
             target=child_main,
             args=(
-                child_sock, self.options, os.getpid(),
+                # Envelope keys stay here: models are decrypted before they are sent.
+                child_sock, dataclasses.replace(self.options, model_keys={}), os.getpid(),
                 logging.getLogger().getEffectiveLevel(), _root_log_format(), self._scratch,
             ),
             name="inferis-backend",

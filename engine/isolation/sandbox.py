@@ -152,10 +152,29 @@ def _allow(ruleset: int, path: str, rights: int, handled: int) -> None:
 
 
 def python_paths() -> list[str]:
-    """Where this interpreter reads its code from: prefixes and import paths."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    """Where this interpreter reads its code from: its prefixes, the import paths
+    inside them, and the directories of inferis's own packages (an editable install
+    keeps them in a source tree). Not every import path: ``python -m`` puts the
+    working directory there, which may hold the deployment's secrets."""
+    import inferis.client
+    import inferis.engine
+    import inferis.lua
+
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths = set(prefixes)
+    paths.update(
+        p for p in sys.path
+        if p and os.path.isabs(p) and any(_within(p, prefix) for prefix in prefixes)
+    )
+    for package in (inferis, inferis.client, inferis.engine, inferis.lua):
+        paths.update(package.__path__)
     return sorted(paths)
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == (
+        os.path.realpath(folder)
+    )
 
 
 def _restrict_files_and_network(abi: int, scratch: Path, readable: Iterable[str]) -> None:

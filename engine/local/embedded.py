@@ -91,7 +91,9 @@ class EmbeddedRedis:
         return self.data_dir / "redis.log"
 
     def _write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The config holds requirepass and the directory the AOF: this user's alone.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
         config = {
             "port": str(self.port),
             "bind": "127.0.0.1",
@@ -110,7 +112,10 @@ class EmbeddedRedis:
             **self.extra_config,
         }
         path = self.data_dir / "redis.conf"
-        path.write_text("".join(f"{k} {v}\n" for k, v in config.items()))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(f"{k} {v}\n" for k, v in config.items()))
+        os.chmod(path, 0o600)
         return path
 
     def _tls_config(self) -> dict[str, str]:

@@ -80,9 +80,10 @@ def test_the_sandbox_refuses_files_sockets_and_signals_but_keeps_unix_pairs(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     probe = textwrap.dedent(f"""
-        import os, signal, socket
+        import os, signal, socket, sys
         from pathlib import Path
         from inferis.engine.isolation.sandbox import confine
+        sys.path.insert(0, os.getcwd())  # what python -m does: the working directory
         confine(Path({str(scratch)!r}))
         def attempt(what, action):
             try:
@@ -91,6 +92,7 @@ def test_the_sandbox_refuses_files_sockets_and_signals_but_keeps_unix_pairs(
             except OSError as exc:
                 print(what, "refused", exc.errno)
         attempt("read-secret", lambda: open({str(secret)!r}, "rb").read())
+        attempt("read-working-dir", lambda: open({secret.name!r}, "rb").read())
         attempt("read-parent-cmdline", lambda: open(f"/proc/{{os.getppid()}}/cmdline").read())
         attempt("write-outside", lambda: open({str(tmp_path / "outside")!r}, "w"))
         attempt("write-scratch", lambda: Path({str(scratch)!r}, "inside").write_text("ok"))
@@ -104,13 +106,14 @@ def test_the_sandbox_refuses_files_sockets_and_signals_but_keeps_unix_pairs(
     try:
         result = subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-            check=True,
+            check=True, cwd=secret.parent,
         )
     finally:
         listener.close()
     outcome = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     assert outcome == {
         "read-secret": "refused 13",
+        "read-working-dir": "refused 13",
         "read-parent-cmdline": "refused 13",
         "write-outside": "refused 13",
         "write-scratch": "allowed",
