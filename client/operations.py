@@ -37,6 +37,7 @@ from .protocol.defaults import (
     DEFAULT_TTL_MS,
     MAX_CALL_BYTES,
     MAX_CALL_REQUESTS,
+    MAX_REGIONS,
     MAX_TIMEOUT_MS,
     MAX_TTL_MS,
     MODELS_CHANNEL,
@@ -617,6 +618,34 @@ class Operations:
         yield Call(("HSET", limits, "audit_maxlen", maxlen), True, route=limits)
 
     @operation
+    def regions(self) -> Plan[list[str]]:
+        """The deployment's regions in order (``inferis:regions``; [] when unset)."""
+        return (yield from self._listed_regions())
+
+    def _listed_regions(self) -> Plan[list[str]]:
+        listed = _text((yield Call(("GET", keys.REGIONS), route=keys.REGIONS)) or b"")
+        return [n for n in listed.split(",") if n]
+
+    @operation
+    def set_regions(self, names: Sequence[str]) -> Plan[list[str]]:
+        """Name the deployment's regions, in order (docs/ACTIVE-ACTIVE.md). The order
+        numbers each region's versions and breaks ties between alias decisions, so a
+        list once set may only grow at its end."""
+        names = list(names)
+        if not names or len(names) > MAX_REGIONS or len(set(names)) != len(names) or not all(
+            isinstance(n, str) and keys.is_region_name(n) for n in names
+        ):
+            raise ArgumentError(
+                f"regions must be 1-{MAX_REGIONS} distinct lowercase names, got {names!r}")
+        current = yield from self._listed_regions()
+        if names[: len(current)] != current:
+            raise ArgumentError(
+                f"regions are {','.join(current)}: a new list must keep them, in that order, "
+                "and may only add regions after them")
+        yield Call(("SET", keys.REGIONS, ",".join(names)), True, route=keys.REGIONS)
+        return names
+
+    @operation
     def set_cache(self, name: str, ttl_ms: int | None, max_entries: int | None = None, *,
                   alias: str | None = None) -> Plan[None]:
         """Cache the answers of model ``name`` (or only of requests through its
@@ -675,13 +704,13 @@ class Operations:
         """This client's region index in ``inferis:regions`` (read once); 0 without a
         region."""
         if self._region_number is None:
-            listed = _text((yield Call(("GET", keys.REGIONS), route=keys.REGIONS)) or b"")
-            index = keys.region_index(listed, self.region)
-            if index is None:
+            listed = yield from self._listed_regions()
+            if self.region not in listed:
                 raise ArgumentError(
-                    f"region {self.region!r} is not in {keys.REGIONS} ({listed or 'unset'}); "
-                    "name the deployment's regions once with: inferis regions NAME,NAME,...")
-            self._region_number = index
+                    f"region {self.region!r} is not in {keys.REGIONS} "
+                    f"({','.join(listed) or 'unset'}); name the deployment's regions once "
+                    "with: inferis regions NAME,NAME,...")
+            self._region_number = listed.index(self.region) + 1
         return self._region_number
 
     def _timeout(self, timeout_ms: int | None) -> int:

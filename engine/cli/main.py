@@ -16,7 +16,7 @@ import redis
 from inferis.client.protocol.errors import InferisError
 
 from ..config import ConfigError
-from . import acl, keys, models, retention, serve
+from . import acl, keys, models, regions, retention, serve
 
 log = logging.getLogger("inferis")
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_commands(sub, common)
     acl.add_commands(sub, common)
     retention.add_commands(sub, common)
+    regions.add_commands(sub, common)
     return parser
 
 

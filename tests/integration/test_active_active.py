@@ -6,6 +6,8 @@ aliases and totals, and every request was answered once, in its own region."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from inferis.client import Client, InferisError
 from inferis.client.protocol import keys
+from inferis.engine.local.embedded import EmbeddedRedis
 from inferis.engine.local.supervisor import WorkerPool
 
 from ..activeactive import Region, Replicator, regions
@@ -267,3 +270,22 @@ def _answers(conn: redis.Redis) -> Iterator[str]:
         for _, fields in conn.xrange(stream):
             for result in unpack_answers(fields[b"d"]):
                 yield result.rid
+
+
+def test_regions_are_named_once_and_may_only_grow(redis_server: EmbeddedRedis) -> None:
+    def inferis(*args: str, code: int = 0) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "inferis.engine", "regions", "--redis", redis_server.url,
+             *args], capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == code and "Traceback" not in done.stderr, done
+        return done.stdout + done.stderr
+
+    assert "single-region" in inferis()
+    assert inferis("eu,us").split() == ["1", "eu", "2", "us"]
+    assert "error: EARGS" in inferis("us,eu", code=1)  # the order numbers versions
+    assert "error: EARGS" in inferis("eu,EU", code=1)
+    assert inferis("eu,us,ap").split()[-2:] == ["3", "ap"]
+    with Client(redis_server.url, region="mars") as client, \
+            pytest.raises(InferisError, match="not in inferis:regions"):
+        client.modelstore("m", "onnx", scale_model(1.0))
