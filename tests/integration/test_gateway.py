@@ -15,10 +15,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import redis
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from inferis.client import Client
+from inferis.client.protocol import keys
 from inferis.engine.local.embedded import EmbeddedRedis, free_port
 from inferis.engine.models.introspect import store_model
 
@@ -114,7 +116,7 @@ def test_version_in_the_path_is_a_number_an_alias_or_a_digest(
 
 
 def test_an_echoed_id_is_what_feedback_joins_on(
-    gateway: str, client: Client, start_workers: WorkerFactory, iris: IrisModel
+    gateway: str, client: Client, start_workers: WorkerFactory, iris: IrisModel, r: redis.Redis
 ) -> None:
     start_workers(1)
     client.modelstore("iris", "onnx", iris.blob)
@@ -123,6 +125,12 @@ def test_an_echoed_id_is_what_feedback_joins_on(
                                        "data": iris.features[0].tolist()}]}
     status, answer = post(gateway, "/v2/models/iris/versions/production/infer", doc)
     assert status == 200 and answer["id"] == "txn-42"
+    # the worker logs the prediction just after answering: feedback sent before that
+    # would find nothing to join yet (and say "unknown")
+    logged = keys.model_key("iris", "p:txn-42")
+    deadline = time.monotonic() + 10
+    while not r.exists(logged) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert client.feedback("iris", "txn-42", 0.0) == ("joined", 1)
 
 
