@@ -15,6 +15,7 @@ two transports.
 from .aio import AsyncClient
 from .operations import CanaryGuard, Ref
 from .protocol.errors import (
+    AccuracyError,
     ArgumentError,
     BackendError,
     BackendUnavailableError,
@@ -43,6 +44,7 @@ from .protocol.tensor import decode_tensor, encode_tensor
 from .sync import Client, PendingRun
 
 __all__ = [
+    "AccuracyError",
     "ArgumentError",
     "AsyncClient",
     "BackendError",

@@ -99,3 +99,31 @@ def slow_model(steps: int = 120, size: int = 768) -> bytes:
         initializer=[numpy_helper.from_array(np.eye(size, dtype=np.float32), "W")],
     )
     return _save(graph)
+
+
+def mlp_model(seed: int = 0, features: int = 16, hidden: int = 64, classes: int = 4) -> bytes:
+    """A two-layer perceptron with MatMul weights (something to quantize): X float32
+    [batch, features] -> logits [batch, classes] and label int64 [batch] (their argmax)."""
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((features, hidden)).astype(np.float32), "W1"),
+        numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "B1"),
+        numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32), "W2"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["X", "W1"], ["h"]),
+            helper.make_node("Add", ["h", "B1"], ["hb"]),
+            helper.make_node("Relu", ["hb"], ["a"]),
+            helper.make_node("MatMul", ["a", "W2"], ["logits"]),
+            helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, features])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, classes]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+        ],
+        initializer=weights,
+    )
+    return _save(graph)

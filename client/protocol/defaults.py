@@ -56,6 +56,10 @@ CHUNK_SIZE = 16 * 1024 * 1024
 STAGING_TTL_MS = 3_600_000  # an upload that never commits is gone after this
 MAX_MODEL_NAME = 128
 
+# ONNX Runtime graph optimization levels a version's META may name
+# (``graph_optimization``), from none to all.
+GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+
 # ---------------------------------------------------------------- prediction cache
 
 # Answers a model keeps cached per partition, unless its setting says otherwise:

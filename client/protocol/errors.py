@@ -90,6 +90,13 @@ class BusyError(InferisError):
     code = "EBUSY"
 
 
+class AccuracyError(InferisError):
+    """A model variant (a quantized version) strays further from its original than
+    the caller's bound allows, so it was not stored."""
+
+    code = "EACCURACY"
+
+
 class OutOfMemoryError(InferisError, MemoryError):
     """Redis refused a write: it reached its ``maxmemory`` (Redis's own OOM)."""
 
@@ -146,6 +153,7 @@ _BY_CODE: dict[str, type[InferisError]] = {
         DeadlineExceeded,
         DeadLetteredError,
         BusyError,
+        AccuracyError,
         ReplicationError,
         OutOfMemoryError,
         PermissionDeniedError,

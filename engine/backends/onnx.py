@@ -7,6 +7,8 @@ import logging
 import numpy as np
 import onnxruntime as ort
 
+from inferis.client.protocol.defaults import GRAPH_OPTIMIZATION_LEVELS
+
 from .base import UNSUPPORTED_DTYPE, BackendOptions, ModelInfo, TensorSpec, gpu_index
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,24 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
         return TensorSpec(arg.name, f"{UNSUPPORTED_DTYPE}{arg.type}", None)
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape or [])
     return TensorSpec(arg.name, dtype, shape)
+
+
+# META graph_optimization -> ONNX Runtime's level (the default is all).
+_LEVELS = dict(zip(GRAPH_OPTIMIZATION_LEVELS, (
+    ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+), strict=True))
+
+
+def optimization_level(info: ModelInfo) -> ort.GraphOptimizationLevel:
+    """The version's graph optimization level: its META ``graph_optimization``, chosen
+    at store time (``disabled`` for a graph optimized at level all then,
+    engine/models/optimize.py)."""
+    name = info.extra.get("graph_optimization", "all")
+    if name not in _LEVELS:
+        raise ValueError(f"META graph_optimization must be one of "
+                         f"{', '.join(GRAPH_OPTIMIZATION_LEVELS)}, got {name!r}")
+    return _LEVELS[name]
 
 
 class OnnxModel:
@@ -70,6 +90,7 @@ class OnnxBackend:
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
         so.log_severity_level = 3
+        so.graph_optimization_level = optimization_level(info)
         providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
         device = "CPU"
         if gpu_index(info.device) is not None:

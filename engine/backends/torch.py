@@ -354,6 +354,10 @@ def _load_torchscript(
         blob, "torchscript", lambda f: torch.jit.load(f, map_location=device), options
     )
     module.eval()  # a module saved in training mode would run dropout and batch statistics
+    if info.extra.get("optimize_for_inference") is True:
+        # Fusions and MKLDNN layouts for this CPU: made at load, as TorchScript cannot
+        # save them (engine/models/optimize.py freezes the archive at store time).
+        module = torch.jit.optimize_for_inference(module)
     return _scripted_model(module, module.forward.schema, info, device, "forward", True)
 
 

@@ -1,5 +1,5 @@
-"""``inferis model store|list|get|export|del|stats|audit``; cache and the lifecycle
-commands come from their own modules."""
+"""``inferis model store|list|get|export|del|stats|audit``; cache, quantize and the
+lifecycle commands come from their own modules."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from typing import Any
 
 from inferis.client import Client
 from inferis.client import audit as A
-from inferis.client.protocol.defaults import CHUNK_SIZE
+from inferis.client.protocol.defaults import CHUNK_SIZE, GRAPH_OPTIMIZATION_LEVELS
 from inferis.client.protocol.errors import ArgumentError
 
 from ..backends.savedmodel import pack_saved_model
+from ..models import optimize
 from ..models.introspect import store_model
-from . import cache, lifecycle
+from . import cache, lifecycle, quantize
 
 
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -51,6 +52,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                        help="cache this version's answers in Redis for this long")
     store.add_argument("--cache-max-entries", type=int, default=None,
                        help="cached answers kept per partition (default 10000)")
+    store.add_argument("--optimize", nargs="?", const=optimize.DEFAULT_LEVEL, default=None,
+                       choices=optimize.OFFLINE_LEVELS, metavar="LEVEL",
+                       help="store the graph optimized here, once (ONNX: basic, extended "
+                            "(default), all; TorchScript: frozen, optimize_for_inference at "
+                            "load)")
+    store.add_argument("--graph-optimization", default=None,
+                       choices=GRAPH_OPTIMIZATION_LEVELS,
+                       help="the ONNX Runtime level workers load the version with "
+                            "(default all; disabled after --optimize all)")
     msub.add_parser("list", parents=[common], help="list model names")
     get = msub.add_parser("get", parents=[common], help="show a version's metadata")
     get.add_argument("name")
@@ -79,6 +89,7 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     stats.add_argument("names", nargs="*", help="models (default: all)")
     lifecycle.add_commands(msub, common)
     cache.add_commands(msub, common)
+    quantize.add_commands(msub, common)
 
 
 def _batch(text: str) -> tuple[int, int] | tuple[int, int, list[int]] | None:
@@ -135,6 +146,13 @@ def _store(client: Client, ns: argparse.Namespace) -> None:
     options["by"] = ns.by
     # A directory is a TensorFlow SavedModel: packed into one deterministic tar.
     blob = pack_saved_model(ns.file) if ns.file.is_dir() else ns.file.read_bytes()
+    if ns.optimize is not None:
+        optimized = optimize.optimize(ns.backend, ns.format, blob, ns.optimize)
+        blob = optimized.blob  # what --meta says explicitly wins over the defaults
+        options["extra"] = {**optimized.meta, **(options["extra"] or {})}
+    if ns.graph_optimization is not None:
+        options["extra"] = {**(options["extra"] or {}), "graph_optimization":
+                            ns.graph_optimization}
     with _upload_progress(len(blob)) as progress:
         options["progress"] = progress
         if ns.no_inspect:
@@ -213,4 +231,6 @@ def cmd_model(ns: argparse.Namespace) -> int:
             lifecycle.run(client, ns)
         elif ns.model_command in cache.COMMANDS:
             cache.run(client, ns)
+        elif ns.model_command in quantize.COMMANDS:
+            quantize.run(client, ns)
     return 0
