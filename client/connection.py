@@ -58,6 +58,7 @@ class SentinelTarget:
     password: str | None
     # ssl=True and the ssl_* options, for the Sentinels and the primary alike ({}: plain)
     tls: dict[str, Any] = field(default_factory=dict)
+    username: str | None = None  # the ACL user of the data nodes (the Sentinels take none)
 
 
 def parse_hosts(hostlist: str, what: str) -> list[tuple[str, int]]:
@@ -91,14 +92,15 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     if parts.scheme not in (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME):
         raise ArgumentError(f"not a {SENTINEL_SCHEME}:// or {SENTINEL_TLS_SCHEME}:// URL: {url}")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    password = unquote(userinfo.partition(":")[2]) if userinfo else None
+    user, _, password = userinfo.partition(":") if userinfo else ("", "", "")
     hosts = parse_hosts(hostlist, "sentinel address")
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ArgumentError("a sentinel URL names its service: redis+sentinel://h:p/mymaster")
     db = int(path[1]) if len(path) > 1 else 0
     tls = parse_tls_query(parts.query, parts.scheme == SENTINEL_TLS_SCHEME, url)
-    return SentinelTarget(hosts, path[0], db, password or None, tls)
+    return SentinelTarget(hosts, path[0], db, unquote(password) or None, tls,
+                          unquote(user) or None)
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -170,7 +172,8 @@ def sync_connection(url: str, **options: Any) -> redis.Redis:
     sentinel = _Sentinel(target.hosts, sentinel_kwargs=_sentinel_options(target, no_retry),
                          socket_timeout=2.0)
     return sentinel.master_for(
-        target.service, db=target.db, password=target.password, **{**target.tls, **options}
+        target.service, db=target.db, username=target.username, password=target.password,
+        **{**target.tls, **options}
     )
 
 
@@ -188,7 +191,8 @@ def async_pool(url: str, **options: Any) -> aioredis.ConnectionPool:
     sentinel = _AsyncSentinel(target.hosts, sentinel_kwargs=_sentinel_options(target, no_retry),
                               socket_timeout=2.0)
     client = sentinel.master_for(
-        target.service, db=target.db, password=target.password, **{**target.tls, **options}
+        target.service, db=target.db, username=target.username, password=target.password,
+        **{**target.tls, **options}
     )
     return client.connection_pool
 

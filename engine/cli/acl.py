@@ -6,6 +6,7 @@ import argparse
 
 import redis
 
+from inferis.client.connection import is_sentinel_url, parse_sentinel_url
 from inferis.client.routing import is_cluster_url, parse_cluster_url
 
 from .. import acl
@@ -48,9 +49,42 @@ def cmd_acl(ns: argparse.Namespace) -> int:
 
 
 def _nodes(url: str) -> list[tuple[redis.Redis, str]]:
+    """Every data node of the deployment: ACL rules are each node's own (Redis does
+    not replicate ACL SETUSER), so a role is set on each primary and replica."""
+    if is_sentinel_url(url):
+        return _sentinel_nodes(url)
     if not is_cluster_url(url):
         return [(redis.Redis.from_url(url), url.rsplit("@", 1)[-1])]
     target = parse_cluster_url(url)
-    cluster = redis.RedisCluster(host=target.hosts[0][0], port=target.hosts[0][1],
-                                 username=target.username, password=target.password)
-    return [(cluster.get_redis_connection(node), node.name) for node in cluster.get_nodes()]
+    options = {"username": target.username, "password": target.password, **target.tls}
+    with redis.Redis(host=target.hosts[0][0], port=target.hosts[0][1], **options) as first:
+        # CLUSTER NODES names replicas too (redis-py's slot map may not yet)
+        listed = first.execute_command("CLUSTER NODES")
+    nodes = []
+    for address, info in listed.items():
+        if "fail" in info.get("flags", "") or "noaddr" in info.get("flags", ""):
+            continue
+        host, _, port = address.partition("@")[0].rpartition(":")
+        nodes.append((redis.Redis(host=host, port=int(port), **options), f"{host}:{port}"))
+    return nodes
+
+
+def _sentinel_nodes(url: str) -> list[tuple[redis.Redis, str]]:
+    """The primary a Sentinel names for the service, and its replicas."""
+    target = parse_sentinel_url(url)
+    for host, port in target.hosts:
+        try:
+            with redis.Redis(host=host, port=port, socket_timeout=2, **target.tls) as sentinel:
+                primary = sentinel.sentinel_get_master_addr_by_name(target.service)
+                replicas = sentinel.sentinel_slaves(target.service)
+        except redis.RedisError:
+            continue  # the next Sentinel
+        if not primary:
+            continue
+        addresses = [tuple(primary)] + [(r["ip"], int(r["port"])) for r in replicas
+                                         if "s_down" not in r.get("flags", "")]
+        return [(redis.Redis(host=h, port=p, username=target.username,
+                             password=target.password, **target.tls), f"{h}:{p}")
+                for h, p in addresses]
+    raise redis.ConnectionError(f"no Sentinel of {url.rsplit('@', 1)[-1]} names a primary "
+                                f"for {target.service}")

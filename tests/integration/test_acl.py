@@ -4,6 +4,7 @@ and gets ENOPERM/NOPERM for the rest, nothing half-written."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from inferis.client import Client, PermissionDeniedError
 from inferis.engine import acl
 from inferis.engine.local.embedded import EmbeddedRedis
 from inferis.engine.local.supervisor import WorkerPool
+from inferis.lua import ensure_library
 
 from ..models import IrisModel
 
@@ -138,3 +140,53 @@ def test_a_client_pinned_to_its_caller_name_cannot_count_as_another(
     with Client(url) as anonymous:  # a random client id is no caller of its own here
         denied(lambda: anonymous.submit("iris", {"X": iris.features[:1]}))
     assert int(r.hget("{inferis:0}:config", "c:app")) == 1
+
+
+def test_roles_are_applied_on_every_node_of_sentinel_and_cluster_deployments(
+    tmp_path: Path, iris: IrisModel
+) -> None:
+    """ACL rules are each node's own (Redis does not replicate ACL SETUSER):
+    ``inferis acl --apply`` sets them on the primary and replicas a Sentinel names, and
+    on every node of a cluster; a named user then works through either URL."""
+    import subprocess
+    import sys
+
+    from inferis.engine.local.cluster import LocalCluster
+
+    from ..topology import SERVICE, Sentinels, replica_of, wait_for_link
+
+    def apply(role: str, user: str, password: str, url: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "inferis.engine", "acl", role, "--user", user,
+             "--password", password, "--apply", "--redis", url],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+    primary = EmbeddedRedis(tmp_path / "primary", password="pw")
+    replica = replica_of(primary, tmp_path / "replica")
+    sentinels = Sentinels(tmp_path / "sentinels", primary.port, password="pw")
+    cluster = LocalCluster(tmp_path / "cluster", primaries=2, replicas=1)
+    try:
+        primary.start()
+        replica.start()
+        wait_for_link(replica)
+        sentinels.start()
+        ensure_library(primary.client())
+        apply("admin", "ops", "opw", sentinels.url)
+        for node in (primary, replica):
+            assert b"ops" in node.client().execute_command("ACL", "USERS")
+        hosts = ",".join(f"127.0.0.1:{p}" for p in sentinels.ports)
+        with Client(f"redis+sentinel://ops:opw@{hosts}/{SERVICE}") as ops:
+            assert ops.modelstore("iris", "onnx", iris.blob).version == 1
+            assert ops.audit("iris")[0]["by"].startswith("ops")  # it is ops that stored it
+
+        cluster.start()
+        apply("client", "app", "apw", cluster.url)
+        for node in cluster.nodes:
+            assert b"app" in node.client().execute_command("ACL", "USERS")
+    finally:
+        cluster.stop()
+        sentinels.stop()
+        replica.stop()
+        primary.stop()
