@@ -43,6 +43,17 @@ class Command:
         return self.function not in READ_ONLY
 
 
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """A plain Redis command, for what no Function does: a worker sends its cache
+    writes this way, in the same write as the completion they follow."""
+
+    args: tuple[Any, ...]
+
+    def as_args(self) -> list[Any]:
+        return list(self.args)
+
+
 def sha256_hex(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 

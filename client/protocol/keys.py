@@ -157,13 +157,17 @@ def deadletter_of(stream: str) -> str:
 
 def prediction_index(base: str, model: str) -> str:
     """Sorted set of ``model``'s cached answers in one partition: member
-    ``<digest>:<inputs hash>``, score the entry's expiry (ms)."""
+    ``<digest>:<inputs hash>``, score the entry's expiry (ms) x 1000 + a sequence."""
     return f"{base}:cache:{model}"
 
 
 def prediction_key(base: str, model: str, member: str) -> str:
     """One cached answer, in the partition (the slot) of the requests it answers."""
-    return f"{prediction_index(base, model)}:{member}"
+    return prediction_key_in(prediction_index(base, model), member)
+
+
+def prediction_key_in(index: str, member: str) -> str:
+    return f"{index}:{member}"
 
 
 # ---------------------------------------------------------------- model keys

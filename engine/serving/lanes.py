@@ -19,7 +19,7 @@ import redis
 from inferis.client.connection import pack
 from inferis.client.protocol import keys
 from inferis.client.protocol.backoff import Backoff
-from inferis.client.protocol.commands import Command
+from inferis.client.protocol.commands import Command, Plain
 from inferis.client.protocol.defaults import GROUP
 
 
@@ -37,8 +37,10 @@ class Lane:
         self.stream = keys.request_stream(partition, region)
         self._connect = connect
         self.conn: Any = None
-        self.unsent: list[Command] = []  # idempotent: resent after a reconnect
-        self.sent: list[Command] = []  # written, their replies not yet read
+        # Completions, and the cache writes that follow them: idempotent, so resent
+        # after a reconnect.
+        self.unsent: list[Command | Plain] = []
+        self.sent: list[Command | Plain] = []  # written, their replies not yet read
         self.reading = False  # a blocking read is out
         # After a connection error only this lane waits (its node may be dying,
         # the others are not): no write before retry_at.
@@ -65,7 +67,7 @@ class Lane:
         self.sent, self.unsent = self.unsent, []
         self.reading = True
 
-    def take_settled(self) -> list[tuple[Command, Any]]:
+    def take_settled(self) -> list[tuple[Command | Plain, Any]]:
         """Each completion sent with its reply (errors as values); nothing owed then."""
         settled = [(command, self._read_one()) for command in self.sent]
         self.sent = []

@@ -4,11 +4,11 @@
 checked): each cacheable request is keyed by its version's digest and a hash of
 its inputs (client/protocol/caching.py), and one pipelined round trip for the
 batch reads the entries (MGET) and, per model, its index's size and oldest
-members. A hit is answered without running the model. ``note`` keeps the misses
-that ran without error; ``flush``, called once the batch's completions are out
-(so no answer waits for it), writes them in one more pipelined round trip: SET
-PX ttl, ZADD to the model's index scored by expiry, and DEL/ZREM of the entries
-closest to expiry beyond ``max_entries``.
+members. A hit is answered without running the model. ``writes`` gives the
+commands that keep the answers of misses that ran without error: SET PX ttl,
+ZADD to the model's index scored by expiry, and DEL/ZREM of the entries closest
+to expiry beyond ``max_entries``. They ride with the batch's completion, after
+it, in the write that also carries the next read: no round trip of their own.
 
 The cache only ever saves work: a Redis error in it is logged and the
 requests run as if nothing were cached. Pipelines are not cached (their steps
@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from inferis.client.protocol import caching, keys
 from inferis.client.protocol.caching import CachePolicy, CacheSettings
+from inferis.client.protocol.commands import Plain
 from inferis.client.protocol.defaults import CACHE_MAX_VALUE_BYTES
 from inferis.client.protocol.tensor import decode_tensor
 
@@ -37,12 +37,9 @@ from .request import CacheSlot, Request
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class _Write:
-    slot: CacheSlot
-    model: str
-    value: bytes
+# An entry's score is its expiry in ms times this, plus a sequence: entries written
+# in the same millisecond still leave oldest first (exact in a double until 2255).
+SCORE_STEPS = 1000
 
 
 class PredictionCache:
@@ -52,8 +49,8 @@ class PredictionCache:
         self._meta: dict[tuple[str, int, str], CachePolicy | None] = {}
         # index -> (its size, its members beyond the bound) at the last lookup
         self._oldest: dict[str, tuple[int, list[str]]] = {}
-        self._pending: list[_Write] = []
         self._counters: dict[tuple[str, int, str], Any] = {}
+        self._sequence = 0  # orders entries written in the same millisecond
 
     def invalidate(self, name: str | None = None) -> None:
         """Forget the settings of ``name`` (or all): a notice says it changed."""
@@ -160,55 +157,43 @@ class PredictionCache:
 
     # ---------------------------------------------------------------- writes
 
-    def note(self, requests: Sequence[Request]) -> None:
-        """Keep the answers of cacheable misses that ran without error."""
+    def writes(self, requests: Sequence[Request], now_ms: int) -> list[Plain]:
+        """The commands that cache the answers of misses that ran without error, and
+        evict beyond each model's bound: sent after the batch's completion, in the
+        same write (lanes.py), so no answer waits for them."""
+        by_index: dict[str, dict[str, tuple[CacheSlot, bytes]]] = {}
+        models: dict[str, str] = {}
         for r in requests:
             slot = r.cache
             if slot is None or slot.hit or r.error is not None or r.encoded is None:
                 continue
             value = caching.pack_answer(r.encoded)
-            if len(value) <= CACHE_MAX_VALUE_BYTES:
-                assert r.info is not None
-                self._pending.append(_Write(slot, r.info.name, value))
-
-    def flush(self, now_ms: int) -> None:
-        """Write what ``note`` kept, evicting beyond each model's bound: one round trip."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        by_index: dict[str, dict[str, _Write]] = {}
-        for w in pending:  # the same inputs twice in a batch are one entry
-            by_index.setdefault(w.slot.index, {})[w.slot.member] = w
-        pipe = self._redis.pipeline(transaction=False)
-        evicted: dict[str, int] = {}
-        for index, writes in by_index.items():
-            bound = min(w.slot.max_entries for w in writes.values())
-            kept = list(writes.values())[-bound:]
+            if len(value) <= CACHE_MAX_VALUE_BYTES:  # the same inputs twice are one entry
+                by_index.setdefault(slot.index, {})[slot.member] = (slot, value)
+                models[slot.index] = r.info.name  # type: ignore[union-attr]
+        out: list[Plain] = []
+        for index, entries in by_index.items():
+            bound = min(slot.max_entries for slot, _ in entries.values())
+            kept = list(entries.values())[-bound:]
             size, oldest = self._oldest.pop(index, (0, []))
             excess = max(0, size + len(kept) - bound)
-            gone = [m for m in oldest if m not in writes][:excess]
+            gone = [m for m in oldest if m not in entries][:excess]
             if gone:
-                pipe.delete(*[f"{index}:{m}" for m in gone])
-                pipe.zrem(index, *gone)
-                model = kept[0].model
-                evicted[model] = evicted.get(model, 0) + len(gone)
-            for w in kept:
-                pipe.set(w.slot.key, w.value, px=w.slot.ttl_ms)
-            pipe.zadd(index, {w.slot.member: now_ms + w.slot.ttl_ms for w in kept})
-            # The index outlives its entries by nothing: it goes when the last one has.
-            longest = max(w.slot.ttl_ms for w in kept)
-            pipe.pexpire(index, longest, nx=True)
-            pipe.pexpire(index, longest, gt=True)
-        try:
-            for reply in pipe.execute(raise_on_error=False):
-                if isinstance(reply, Exception):
-                    raise reply
-        except redis.RedisError as exc:
-            log.warning("could not write %d answer(s) to the prediction cache: %s",
-                        len(pending), exc)
-            return
-        for model, count in evicted.items():
-            metrics.CACHE_EVICTIONS.labels(model).inc(count)
+                out.append(Plain(("DEL", *[keys.prediction_key_in(index, m) for m in gone])))
+                out.append(Plain(("ZREM", index, *gone)))
+                metrics.CACHE_EVICTIONS.labels(models[index]).inc(len(gone))
+            for slot, value in kept:
+                out.append(Plain(("SET", slot.key, value, "PX", slot.ttl_ms)))
+            scored: list[Any] = []
+            for slot, _ in kept:
+                self._sequence = (self._sequence + 1) % SCORE_STEPS
+                scored += [(now_ms + slot.ttl_ms) * SCORE_STEPS + self._sequence, slot.member]
+            out.append(Plain(("ZADD", index, *scored)))
+            # The index goes when its last entry has (NX: a new index; GT: a longer TTL).
+            longest = max(slot.ttl_ms for slot, _ in kept)
+            out.append(Plain(("PEXPIRE", index, longest, "NX")))
+            out.append(Plain(("PEXPIRE", index, longest, "GT")))
+        return out
 
 
 def _pairs(items: Sequence[Any]) -> list[tuple[Any, Any]]:

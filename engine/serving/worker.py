@@ -403,9 +403,8 @@ class Worker:
                         None if busy else self.config.block_ms,
                     )
         # Completions are out: the shadow runs and logs of the last batches now.
-        assert self._lifecycle is not None and self._executor is not None
+        assert self._lifecycle is not None
         self._lifecycle.flush(backlogged=self._behind)
-        self._executor.predictions.flush(self.now_ms())  # answers to cache, off their path
         if full:
             return []  # holding all it may: run, read later
         if not busy and not any(lane.reading for lane in self._lanes.values()):
@@ -494,8 +493,6 @@ class Worker:
         for lane in self._lanes.values():
             with self.lane_io(lane):
                 self.send_owed(lane)
-        if self._executor is not None:
-            self._executor.predictions.flush(self.now_ms())
 
     def send_owed(self, lane: Lane) -> None:
         if not lane.unsent:
@@ -560,10 +557,11 @@ class Worker:
     ) -> None:
         requests = [r for held in finished for r in held.requests]
         command = settle(stream, [h.entry for h in finished], requests, dead, started_ms)
-        if command is not None:
-            self._lane_of(stream).unsent.append(command)
         assert self._executor is not None
-        self._executor.predictions.note(requests)  # written once the completion is out
+        if command is not None:
+            lane = self._lane_of(stream)
+            # The answers to cache follow the completion, in its write: no round trip.
+            lane.unsent += [command, *self._executor.predictions.writes(requests, self.now_ms())]
         record(requests, started_ms, self.now_ms(), self._stats)
         assert self._lifecycle is not None
         self._lifecycle.after_batch(requests)
