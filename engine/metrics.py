@@ -191,6 +191,7 @@ class ModelStats:
 
     def __init__(self, consumer: str = "", interval_s: float = 2.0) -> None:
         self.consumer = consumer
+        self.region = 0  # Active-Active: the worker's region index (the guards' decisions)
         self.interval_s = interval_s
         self._pending: dict[tuple[str, int], _Counts] = defaultdict(_Counts)
         self._next_flush = time.monotonic() + interval_s
@@ -211,7 +212,6 @@ class ModelStats:
     def flush_due(self, conn: redis.Redis, force: bool = False,
                   held: Callable[[], Iterable[str]] = tuple) -> None:
         """Send the counters (and a heartbeat for every model ``held()`` names) when due."""
-        self.region = 0  # Active-Active: the worker's region index (the guards' decisions)
         if not force and time.monotonic() < self._next_flush:
             return
         self._next_flush = time.monotonic() + self.interval_s
