@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from inferis.client.protocol.defaults import MODELS_CHANNEL
+from inferis.client.protocol.keys import REGIONS
 
 ROLES = ("client", "worker", "admin", "feedback")
 
@@ -65,20 +66,20 @@ def rules(role: str, prefix: str = "", caller: str = "") -> list[str]:
                 f"~{_PARTITION}:replies:{caller}-*" if caller else f"~{_PARTITION}:replies:*",
                 f"~{_PARTITION}:r:*",
                 f"~{_PARTITION}:{prefix}*" if prefix else f"~{_PARTITION}:*",
-                f"%R~{_MODEL}", f"%R~{_MODEL}:*"]
+                f"%R~{_MODEL}", f"%R~{_MODEL}:*", f"%R~{REGIONS}"]
     if role == "worker":
         return [*base, "+@all", "-@dangerous", "-function|delete", "-function|flush",
                 "-function|restore", "+client|list", "+function|load", "+function|list",
                 "+info", "+xautoclaim", "+xclaim", "+xinfo", "+xgroup", "+xpending",
                 "+subscribe", "+unsubscribe", "+psubscribe",
-                f"~{_PARTITION}*", f"~{_MODEL}*", f"&{MODELS_CHANNEL}"]
+                f"~{_PARTITION}*", f"~{_MODEL}*", f"%R~{REGIONS}", f"&{MODELS_CHANNEL}"]
     if role == "admin":
         return [*base, "+fcall", "+fcall_ro", "+scan", "+publish", "+@read", "+@write",
                 "-@dangerous", "-function", "-flushall", "-flushdb",
-                f"~{_MODEL}*", f"~{_PARTITION}:limits", f"&{MODELS_CHANNEL}"]
+                f"~{_MODEL}*", f"~{_PARTITION}:limits", f"~{REGIONS}", f"&{MODELS_CHANNEL}"]
     return [*base, "+fcall", "+fcall_ro", "+@read", "+@write", "-@dangerous", "-function",
             f"~{_MODEL}", f"~{_MODEL}:p:*", f"~{_MODEL}:quality:*", f"~{_MODEL}:feedback",
-            f"%R~{_MODEL}:*"]
+            f"%R~{_MODEL}:*", f"%R~{REGIONS}"]
 
 
 def setuser(user: str, role: str, password: str, prefix: str = "", caller: str = ""

@@ -762,14 +762,29 @@ local function modelexport(keys, args)
   return out
 end
 
+-- Another version with this content (two regions stored the same file at once:
+-- two numbers, one blob), which keeps the blob.
+local function shared_by(base, digest, version)
+  for _, other in ipairs(redis.call('ZRANGE', base .. ':versions', 0, -1)) do
+    if other ~= tostring(version) and redis.call('HGET', base .. ':v:' .. other, 'digest') == digest then
+      return other
+    end
+  end
+  return nil
+end
+
 local function delete_version(base, version)
   local meta = base .. ':v:' .. version
   local digest = redis.call('HGET', meta, 'digest')
   local chunks = tonumber(redis.call('HGET', meta, 'chunks') or '0')
-  for c = 0, chunks - 1 do redis.call('DEL', base .. ':blob:' .. digest .. ':' .. c) end
+  local twin = shared_by(base, digest, version)
+  if not twin then
+    for c = 0, chunks - 1 do redis.call('DEL', base .. ':blob:' .. digest .. ':' .. c) end
+  end
   redis.call('DEL', meta)
-  redis.call('HDEL', base .. ':digests', digest)
   redis.call('ZREM', base .. ':versions', version)
+  if twin then redis.call('HSET', base .. ':digests', digest, twin)
+  else redis.call('HDEL', base .. ':digests', digest) end
 end
 
 -- An alias that routes to (or shadows) a version keeps it: re-point it first.
@@ -811,6 +826,7 @@ local function modeldel(keys, args)
   end
   may('delete the blob and metadata', 'DEL', base .. ':v:1')
   may('unindex the digest', 'HDEL', base .. ':digests', 'f')
+  may('index the digest', 'HSET', base .. ':digests', 'f', 'v')
   may('unlist the version', 'ZREM', base .. ':versions', '1')
   may('drop its aliases', 'DEL', base .. ':alias:x')
   may('publish the notice', 'PUBLISH', MODELS_CHANNEL, name)

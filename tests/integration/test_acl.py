@@ -75,7 +75,7 @@ def test_every_role_does_its_job_and_nothing_else(
             denied(lambda: client.alias_set("iris", "production", 1))
             denied(lambda: client.set_max_queue(1))
             denied(lambda: client.feedback("iris", result.rid, 0.0))
-            assert not r.exists("inferis:{evil}:latest")  # nothing half-written
+            assert not list(r.scan_iter("inferis:{evil}*"))  # nothing half-written
 
             # feedback: joins truth, reads quality, nothing else
             assert feedback.feedback("iris", result.rid, 0.0)[0] in ("joined", "unknown")
@@ -83,6 +83,13 @@ def test_every_role_does_its_job_and_nothing_else(
             denied(lambda: feedback.modelstore("evil", "onnx", iris.blob))
             denied(lambda: feedback.predict("iris", {"X": iris.features[:1]}))
             denied(lambda: feedback.alias_set("iris", "production", 1))
+
+            # Active-Active: the admin names the regions; the others read them
+            assert admin.set_regions(["eu", "us"]) == ["eu", "us"]
+            assert client.regions() == feedback.regions() == ["eu", "us"]
+            denied(lambda: client.set_regions(["eu", "us", "ap"]))
+            denied(lambda: feedback.set_regions(["eu", "us", "ap"]))
+            r.delete("inferis:regions")
 
             admin.alias_del("iris", "production")
             assert admin.modeldel("iris") == 1
