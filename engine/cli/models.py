@@ -26,6 +26,8 @@ from . import cache, lifecycle, quantize
 def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     model = sub.add_parser("model", parents=[common], help="store, list, show and delete models")
     model.add_argument("--redis", default="redis://localhost:6379")
+    model.add_argument("--region", default="", help="Active-Active: the region this Redis is "
+                       "(its name in inferis:regions); stores and alias changes name it")
     model.set_defaults(handler=cmd_model)
     msub = model.add_subparsers(dest="model_command", required=True)
     store = msub.add_parser("store", parents=[common], help="store a model file as a new version")
@@ -211,7 +213,7 @@ def _stats(client: Client, names: list[str]) -> None:
 
 
 def cmd_model(ns: argparse.Namespace) -> int:
-    with Client(ns.redis) as client:
+    with Client(ns.redis, region=ns.region) as client:
         if ns.model_command == "store":
             _store(client, ns)
         elif ns.model_command == "list":

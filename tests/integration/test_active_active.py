@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,7 +298,15 @@ def _answers(conn: redis.Redis) -> Iterator[str]:
                 yield result.rid
 
 
-def test_regions_are_named_once_and_may_only_grow(redis_server: EmbeddedRedis) -> None:
+def model_file(folder: Path) -> Path:
+    path = folder / "scale.onnx"
+    path.write_bytes(scale_model(1.0))
+    return path
+
+
+def test_regions_are_named_once_and_may_only_grow(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
     def inferis(*args: str, code: int = 0) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "inferis.engine", "regions", "--redis", redis_server.url,
@@ -311,6 +320,14 @@ def test_regions_are_named_once_and_may_only_grow(redis_server: EmbeddedRedis) -
     assert "error: EARGS" in inferis("us,eu", code=1)  # the order numbers versions
     assert "error: EARGS" in inferis("eu,EU", code=1)
     assert inferis("eu,us,ap").split()[-2:] == ["3", "ap"]
+    stored = subprocess.run(
+        [sys.executable, "-m", "inferis.engine", "model", "--redis", redis_server.url,
+         "--region", "ap", "store", "m", str(model_file(tmp_path))],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert redis.Redis.from_url(redis_server.url).zrange("inferis:{m}:versions", 0, -1) == [
+        b"19"]  # ap is region 3: its first version is 16 + 3
     with Client(redis_server.url, region="mars") as client, \
             pytest.raises(InferisError, match="not in inferis:regions"):
         client.modelstore("m", "onnx", scale_model(1.0))
