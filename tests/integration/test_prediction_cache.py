@@ -17,7 +17,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from inferis.client import BackendError, Client, encode_tensor
+from inferis.client import BackendError, Client, Ref, encode_tensor
 from inferis.client.protocol import keys as K
 from inferis.engine.cli.main import main
 from inferis.engine.local.embedded import free_port
@@ -213,3 +213,33 @@ def test_the_cli_stores_with_a_cache_and_changes_it(
     assert "model not set" in out and "ttl 60000 ms, at most 100 per partition" in out
     assert main([*model, "cache", "iris", "--max-entries", "5"]) == 1
     assert "error: EARGS --max-entries needs --ttl-ms" in capsys.readouterr().err
+
+
+def test_on_a_cluster_answers_are_cached_beside_their_requests(tmp_path: Path, iris) -> None:
+    from ..topology import ClusterStack
+
+    stack = ClusterStack(tmp_path / "cluster", primaries=2, replicas=0, appendfsync="everysec")
+    stack.start()
+    try:
+        with Client(stack.url, timeout_ms=20_000) as client:
+            # the settings hash lives on the model's shard, the entries on each partition's
+            client.modelstore("iris", "onnx", iris.blob)
+            client.set_cache("iris", MINUTE_MS)
+            refs = []
+            for i in range(12):  # each user's features by key: its runs stay in its partition
+                key = client.key_for(f"user:{i}", "features")
+                client.tensorset(key, iris.features[i : i + 1])
+                refs.append(Ref(key))
+            first = [client.run("iris", {"X": ref}).raise_for_error() for ref in refs]
+            again = [client.run("iris", {"X": ref}).raise_for_error() for ref in refs]
+            assert not any(r.cached for r in first) and all(r.cached for r in again)
+            for i, r in enumerate(again):
+                assert np.array_equal(r.outputs["label"],
+                                      iris.reference(iris.features[i : i + 1])["label"])
+            per_node = [
+                len(list(stack.cluster.client(port).scan_iter("{inferis:*}:cache:iris:*")))
+                for port in stack.cluster.primary_ports()
+            ]
+            assert sum(per_node) == 12 and all(per_node)  # on both shards
+    finally:
+        stack.stop()
