@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks run|memory|chaos [options]``."""
+"""Command line: ``python -m benchmarks run|memory|chaos|cache|optimize|... [options]``."""
 
 from __future__ import annotations
 
@@ -111,6 +111,23 @@ def parser() -> argparse.ArgumentParser:
     life.add_argument("--flips", type=int, default=20)
     life.add_argument("--tag", default="lifecycle")
 
+    cache = sub.add_parser("cache", help="the prediction cache: repeated (Zipf) and fresh "
+                           "inputs, cache off and on")
+    cache.add_argument("--workload", choices=WORKLOADS, default="cnn")
+    cache.add_argument("--concurrency", type=int, default=16)
+    cache.add_argument("--duration", type=float, default=5.0)
+    cache.add_argument("--warmup", type=float, default=1.0)
+    cache.add_argument("--distinct", type=int, default=1000,
+                       help="distinct inputs the Zipf stream draws from")
+    cache.add_argument("--workers", type=int, default=1)
+    cache.add_argument("--tag", default="cache")
+
+    opt = sub.add_parser("optimize", help="original vs store-time optimized vs int8 "
+                         "quantized: time per run, load time, size")
+    opt.add_argument("--workloads", type=_choices(WORKLOADS), default=list(WORKLOADS))
+    opt.add_argument("--seconds", type=float, default=2.0, help="timing budget per variant")
+    opt.add_argument("--tag", default="optimize")
+
     brk = sub.add_parser("breakdown", help="where one request's time goes, at 1 in flight")
     brk.add_argument("--requests", type=int, default=3000)
     brk.add_argument("--tag", default="breakdown")
@@ -186,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         from . import fairness
 
         return fairness.main(ns.concurrency, ns.flood, ns.bound, ns.duration, ns.tag)
+    if ns.command == "cache":
+        from . import cache
+
+        return cache.main(ns.workload, ns.concurrency, ns.duration, ns.warmup, ns.distinct,
+                          ns.workers, ns.tag)
+    if ns.command == "optimize":
+        from . import optimize
+
+        return optimize.main(ns.workloads, ns.seconds, ns.tag)
     if ns.command == "lifecycle":
         from . import lifecycle
 

@@ -36,6 +36,8 @@ class Workload:
     primary_output: str = ""
     # Inputs inferis reads from Redis by key instead of receiving them (fraud: "ref").
     stored_inputs: tuple[str, ...] = ()
+    # The torch module the ONNX file was exported from (fraud, cnn), for TorchScript rows.
+    module: object | None = None
 
     def request_bytes(self) -> int:
         """Raw tensor bytes of one request (all inputs, by value)."""
@@ -112,7 +114,7 @@ def build_fraud(rng: np.random.Generator) -> Workload:
     ]
     return Workload(
         "fraud", "MLP: 1x30 transaction + 1x256 reference vector -> probability (torch)",
-        blob, ["txn", "ref"], ["prob"], requests, index, refs, "prob", ("ref",),
+        blob, ["txn", "ref"], ["prob"], requests, index, refs, "prob", ("ref",), model,
     )
 
 
@@ -135,7 +137,7 @@ def build_cnn(rng: np.random.Generator) -> Workload:
     ]
     return Workload(
         "cnn", "CNN: 1x3x64x64 image -> 10 logits (torch)",
-        blob, ["image"], ["logits"], requests, primary_output="logits",
+        blob, ["image"], ["logits"], requests, primary_output="logits", module=model,
     )
 
 
