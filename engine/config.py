@@ -43,6 +43,10 @@ class WorkerConfig:
         4096, "requests read and held for their turn, so that models and callers are served "
         "in turn rather than in stream order (1: each read is run before the next)"
     )
+    hold_ms: float = _opt(
+        1000.0, "and no more read-ahead than would take this long to run (so that workers "
+        "added under a burst find work left)"
+    )
     slice_ms: float = _opt(
         2.0, "how long held requests run before the finished ones are answered and more is "
         "read"

@@ -14,6 +14,7 @@ from inferis.client.connection import sync_connection
 from inferis.lua import ensure_library
 
 from ..config import ConfigError, WorkerConfig, add_worker_arguments, worker_argv
+from ..local.autoscale import Autoscaler, Policy, parse_range
 from ..local.cluster import LocalCluster
 from ..local.embedded import EmbeddedRedis, data_dir_password
 from ..local.supervisor import WorkerPool
@@ -26,7 +27,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "up", parents=[common], help="start Redis (unless --redis) and workers; Ctrl-C stops all"
     )
     up.add_argument("--redis", help="use this Redis instead of starting a private one")
-    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--workers", default="2", metavar="N|MIN:MAX",
+                    help="worker processes; MIN:MAX grows and shrinks them with the queue")
+    _add_scaling_arguments(up)
     up.add_argument(
         "--data-dir", default="inferis-data", help="where the private Redis keeps its AOF"
     )
@@ -49,6 +52,16 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                          "and kept in the data directory)")
     add_worker_arguments(up)
     up.set_defaults(handler=cmd_up)
+
+    scale = sub.add_parser(
+        "autoscale", parents=[common],
+        help="run MIN to MAX workers for a Redis started elsewhere, following its queue",
+    )
+    scale.add_argument("--redis", default="redis://localhost:6379")
+    scale.add_argument("--workers", default="1:4", metavar="MIN:MAX")
+    _add_scaling_arguments(scale)
+    add_worker_arguments(scale)
+    scale.set_defaults(handler=cmd_autoscale)
 
     worker = sub.add_parser("worker", parents=[common], help="run one worker process")
     worker.add_argument("--redis", default="redis://localhost:6379")
@@ -80,12 +93,38 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     lib.set_defaults(handler=cmd_load_library)
 
 
+def _add_scaling_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Policy(1, 1)
+    parser.add_argument("--scale-target", type=int, default=defaults.target_per_worker,
+                        metavar="N", help="with MIN:MAX: requests queued per worker beyond "
+                        "which one more starts")
+    parser.add_argument("--scale-wait-ms", type=float, default=defaults.target_wait_ms,
+                        help="with MIN:MAX: a request unread this long starts one more")
+    parser.add_argument("--scale-cooldown-s", type=float, default=defaults.cooldown_s,
+                        help="with MIN:MAX: how long the load must stay low before one goes")
+
+
+def _policy(ns: argparse.Namespace) -> Policy:
+    try:
+        low, high = parse_range(str(ns.workers))
+        return Policy(low, high, ns.scale_target, ns.scale_wait_ms, ns.scale_cooldown_s)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _autoscalers(policy: Policy, pools: Sequence[WorkerPool], region: str) -> list[Autoscaler]:
+    if policy.min_workers == policy.max_workers:
+        return []
+    return [Autoscaler(pool, sync_connection(pool.redis_url), policy, region=region)
+            for pool in pools]
+
+
 def _child_argv(ns: argparse.Namespace) -> list[str]:
     """What each worker process of ``up``/``demo`` is started with."""
     return [*worker_argv(WorkerConfig.from_args(ns)), "--log-level", ns.log_level]
 
 
-def _serve_forever(pools: Sequence[WorkerPool]) -> None:
+def _serve_forever(pools: Sequence[WorkerPool], autoscalers: Sequence[Autoscaler] = ()) -> None:
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -94,10 +133,16 @@ def _serve_forever(pools: Sequence[WorkerPool]) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    while not stop:
-        for pool in pools:
-            pool.watch()
-        time.sleep(0.5)
+    for autoscaler in autoscalers:
+        autoscaler.start()
+    try:
+        while not stop:
+            for pool in pools:
+                pool.watch()
+            time.sleep(0.5)
+    finally:
+        for autoscaler in autoscalers:
+            autoscaler.stop()
 
 
 @contextlib.contextmanager
@@ -178,6 +223,12 @@ def running_cluster(
 def cmd_up(ns: argparse.Namespace) -> int:
     if ns.mutual_tls and not ns.tls:
         raise ConfigError("--mutual-tls goes with --tls")
+    policy = _policy(ns)
+    ns.workers = policy.min_workers
+    if ns.cluster and policy.max_workers != policy.min_workers:
+        raise ConfigError("--workers MIN:MAX with --cluster is not supported: give a number "
+                          "(each shard's workers are fixed), or scale on the queue metrics "
+                          "with an orchestrator (README, Scaling)")
     if ns.cluster:
         if ns.redis:
             raise ConfigError("--cluster starts its own Redis Cluster: leave out --redis")
@@ -197,11 +248,29 @@ def cmd_up(ns: argparse.Namespace) -> int:
             ns.redis, ns.workers, _child_argv(ns), Path(ns.data_dir), ns.port, ns.appendfsync,
             ns.metrics_port, password=not ns.no_password, tls=ns.tls, mutual_tls=ns.mutual_tls,
         )
-        shape = f"{ns.workers} workers"
+        shape = (f"{ns.workers} workers" if policy.max_workers == policy.min_workers
+                 else f"{policy.min_workers} to {policy.max_workers} workers, following the queue")
     with started as (url, pools):
         print(f"inferis is up: {url} ({shape}). Ctrl-C stops it.", flush=True)
-        _serve_forever(pools)
+        _serve_forever(pools, _autoscalers(policy, pools, ns.region))
     print("inferis stopped.", flush=True)
+    return 0
+
+
+def cmd_autoscale(ns: argparse.Namespace) -> int:
+    policy = _policy(ns)
+    conn = sync_connection(ns.redis)
+    ensure_library(conn)
+    conn.close()
+    pool = WorkerPool(ns.redis, policy.min_workers, _child_argv(ns), ns.metrics_port)
+    pool.start()
+    try:
+        print(f"inferis autoscale: {policy.min_workers} to {policy.max_workers} workers on "
+              f"{ns.redis.rsplit('@', 1)[-1]}. Ctrl-C stops them.", flush=True)
+        _serve_forever([pool], _autoscalers(policy, [pool], ns.region))
+    finally:
+        pool.stop()
+    print("inferis autoscale stopped.", flush=True)
     return 0
 
 

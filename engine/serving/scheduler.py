@@ -6,7 +6,10 @@ behind every slow request queued before it, and a calm caller behind a flood.
 So the worker reads ahead (up to ``read_ahead`` requests, held pending in
 Redis under its name: a crash loses none of them) and runs what it holds in
 turns: each model with work gets one turn before any model gets a second, and
-within a turn the callers' requests are taken one each in rotation. A turn is
+within a turn the callers' requests are taken one each in rotation. What it holds is bounded
+twice: by count, and by the time it would take to run (``hold_ms``, from the
+cost per request it has measured), so that a worker added under a burst finds
+work left in the stream rather than all of it held by the first. A turn is
 one batch of a model that batches; of one that does not, requests one by one
 until a quantum of time is used (one request of a slow model, many of a fast
 one). A slice of turns ends after ``slice_ms``; its finished entries are
@@ -44,16 +47,18 @@ class Held:
 
 
 class Scheduler:
-    def __init__(self, read_ahead: int, slice_ms: float) -> None:
+    def __init__(self, read_ahead: int, slice_ms: float, hold_ms: float = 1000.0) -> None:
         self.read_ahead = max(1, read_ahead)
         self.slice_s = slice_ms / 1000
+        self.hold_s = hold_ms / 1000
+        self.cost_s = 0.0  # what one request has taken to run, smoothed
         self._queues: OrderedDict[ModelKey, OrderedDict[str, deque[Request]]] = OrderedDict()
         self._held: dict[tuple[str, str], Held] = {}
         self.waiting = 0  # requests held and not yet run
 
     @property
     def full(self) -> bool:
-        return self.waiting >= self.read_ahead
+        return self.waiting >= self.read_ahead or self.waiting * self.cost_s >= self.hold_s
 
     def holds(self, stream: str, entry_id: str) -> bool:
         return (stream, entry_id) in self._held
@@ -89,7 +94,8 @@ class Scheduler:
         finished and the requests that ran."""
         finished: list[Held] = []
         ran: list[Request] = []
-        ends = time.perf_counter() + self.slice_s
+        started = time.perf_counter()
+        ends = started + self.slice_s
         while self._queues:
             key = next(iter(self._queues))
             callers = self._queues[key]
@@ -106,6 +112,9 @@ class Scheduler:
                     finished.append(self._release(held))
             if time.perf_counter() >= ends:
                 break
+        if ran:
+            cost = (time.perf_counter() - started) / len(ran)
+            self.cost_s = cost if not self.cost_s else 0.8 * self.cost_s + 0.2 * cost
         return finished, ran
 
     def _turn(

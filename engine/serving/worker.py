@@ -92,7 +92,7 @@ class Worker:
             self._options, isolate_all=config.isolate_backends, sandbox=config.sandbox,
             run_timeout_ms=config.run_timeout_ms,
         )
-        self._scheduler = Scheduler(config.read_ahead, config.slice_ms)
+        self._scheduler = Scheduler(config.read_ahead, config.slice_ms, config.hold_ms)
         self._lanes: dict[int, Lane] = {}
         self._region_index = 0  # --region's place in inferis:regions (resolve_region)
         self._leaving: set[int] = set()  # lanes whose slot moved away
