@@ -9,7 +9,7 @@ validated before anything is written, because Redis does not roll back a
 function that fails half way.
 --]]
 
-local LIB_VERSION = '11'
+local LIB_VERSION = '12'
 
 local MAGIC = 'INFT'
 local FORMAT_VERSION = 1
@@ -420,17 +420,21 @@ local function latest_version(base)
   return newest[1]
 end
 
--- A new version number. Region 0 counts 1, 2, 3...; region n > 0 takes the next
--- number above every version it has seen (and above its own last one: numbers
--- are never reused) that is n modulo VERSION_STRIDE, so two regions storing at
--- once never pick the same number. Only region n writes :seq:<n>.
+-- A new version number, above every version this Redis has seen and above the
+-- writer's own last one (numbers are never reused). Region 0 (no region) takes
+-- the next number, 1, 2, 3...; region n > 0 the next that is n modulo
+-- VERSION_STRIDE, so two regions storing at once never pick the same number.
+-- Only region n writes :seq:<n> (region 0 writes :seq).
 local function next_version(base, region)
-  if region == 0 then return redis.call('INCR', base .. ':seq') end
-  local floor = tonumber(latest_version(base) or '0')
-  floor = math.max(floor, tonumber(redis.call('GET', base .. ':seq') or '0'),
-                   tonumber(redis.call('GET', base .. ':seq:' .. region) or '0'))
-  local version = (math.floor(floor / VERSION_STRIDE) + 1) * VERSION_STRIDE + region
-  redis.call('SET', base .. ':seq:' .. region, version)
+  local seq = base .. ':seq' .. (region == 0 and '' or ':' .. region)
+  local floor = math.max(tonumber(latest_version(base) or '0'),
+                         tonumber(redis.call('GET', base .. ':seq') or '0'),
+                         tonumber(redis.call('GET', seq) or '0'))
+  local version = floor + 1
+  if region > 0 then
+    version = (math.floor(floor / VERSION_STRIDE) + 1) * VERSION_STRIDE + region
+  end
+  redis.call('SET', seq, version)
   return version
 end
 
@@ -449,6 +453,17 @@ local function decision_of(field)
   return tonumber(epoch), tonumber(region)
 end
 
+-- An alias written before decisions (library 10 and older): its fields are the
+-- record; read as it is, and replaced by the first decision written.
+local function legacy_alias(flat)
+  local a = {}
+  for j = 1, #flat, 2 do a[flat[j]] = flat[j + 1] end
+  if not a.spec and not a.pending then return nil, 0 end
+  local epoch = tonumber(a.epoch or '0') or 0
+  a.epoch = tostring(epoch)
+  return a, epoch
+end
+
 -- The alias's record (nil if it has none or was deleted) and its epoch.
 local function alias_get(base, alias)
   local flat = redis.call('HGETALL', alias_key(base, alias))
@@ -459,7 +474,7 @@ local function alias_get(base, alias)
       best_epoch, best_region, best = epoch, region, flat[j + 1]
     end
   end
-  if not best then return nil, 0 end
+  if not best then return legacy_alias(flat) end
   local ok, a = pcall(cjson.decode, best)
   if not ok or type(a) ~= 'table' or a.deleted then return nil, best_epoch end
   a.epoch = tostring(best_epoch)
@@ -470,7 +485,8 @@ end
 local function alias_put(base, alias, a, region)
   local key = alias_key(base, alias)
   local fields = redis.call('HKEYS', key)
-  local top = 0
+  -- above every decision, and above a pre-decision alias's own epoch field
+  local top = tonumber(redis.call('HGET', key, 'epoch') or '0') or 0
   for _, field in ipairs(fields) do top = math.max(top, decision_of(field) or 0) end
   local epoch = top + 1
   local record = {}
@@ -662,8 +678,7 @@ local function modelstore(keys, args)
   if existing then return {tonumber(existing), digest, 0} end
 
   may('store the blob', chunks and 'PERSIST' or 'SET', base .. ':blob:' .. digest .. ':0', 'x')
-  may('number the version', region == 0 and 'INCR' or 'SET', base .. ':seq' ..
-      (region == 0 and '' or ':' .. region), '1')
+  may('number the version', 'SET', base .. ':seq' .. (region == 0 and '' or ':' .. region), '1')
   may('write the metadata', 'HSET', base .. ':v:1', 'f', 'v')
   may('index the digest', 'HSET', base .. ':digests', 'f', 'v')
   may('list the version', 'ZADD', base .. ':versions', '1', '1')

@@ -141,6 +141,8 @@ class Worker:
                 # loudly and keep trying; a worker never dies of what is in Redis.
                 self.pause(backoff, "redis refused a worker command (%s)", exc)
                 self.drop_lane_connections()
+            except ConfigError:
+                raise  # a setting this worker cannot serve with (--region unknown): say so, exit
             except Exception:
                 # A bug must not take the worker down: what it held stays pending
                 # in Redis and is reclaimed, by this worker or another.
@@ -543,7 +545,7 @@ class Worker:
         if not self._scheduler.waiting:
             return
         assert self._executor is not None
-        started_ms = self.now_ms()
+        started_ms, started = self.now_ms(), time.perf_counter()
         finished, ran = self._scheduler.run_slice(self._executor.run, self.now_ms)
         by_stream: dict[str, list[Held]] = {}
         for held in finished:

@@ -265,3 +265,20 @@ def test_drift_of_a_shifted_input_is_seen_against_the_reference_window(
     # the outputs moved too: longer petals are another class
     assert by_column["out:label:0"].psi > D.PSI_WATCH
     assert report.columns[0].column == "in:X:2"
+
+
+def test_an_alias_written_before_decisions_is_read_and_replaced(
+    client: Client, r: redis.Redis
+) -> None:
+    """Library 10 and older kept an alias as plain fields; they still resolve, and the
+    first change writes a decision above their epoch (and drops them)."""
+    v1 = client.modelstore("scale", "onnx", scale_model(2.0)).version
+    v2 = client.modelstore("scale", "onnx", scale_model(3.0)).version
+    old = keys.model_key("scale", "alias:production")
+    r.hset(old, mapping={"spec": f"{v1}=10000", "state": "active", "epoch": 3, "by": "ops"})
+    r.sadd(keys.model_key("scale", "alias_names"), "production")
+    assert client.alias_get("scale", "production").arms == ((v1, 10_000),)
+    assert client.modelget("scale", "production").version == v1
+    assert client.alias_set("scale", "production", v2, warm=False) == ("active", 4)
+    assert set(r.hkeys(old)) == {b"4.0"}  # the old fields are gone
+    assert client.alias_get("scale", "production").arms == ((v2, 10_000),)
