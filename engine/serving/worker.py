@@ -545,7 +545,7 @@ class Worker:
         if not self._scheduler.waiting:
             return
         assert self._executor is not None
-        started_ms, started = self.now_ms(), time.perf_counter()
+        started_ms = self.now_ms()
         finished, ran = self._scheduler.run_slice(self._executor.run, self.now_ms)
         by_stream: dict[str, list[Held]] = {}
         for held in finished:
