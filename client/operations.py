@@ -40,6 +40,7 @@ from .protocol.defaults import (
     MAX_REGIONS,
     MAX_TIMEOUT_MS,
     MAX_TTL_MS,
+    MODEL_ROUTE_TTL_S,
     MODELS_CHANNEL,
     RECONNECT_WINDOW_S,
 )
@@ -170,6 +171,8 @@ class Operations:
         # region's index in inferis:regions (read once).
         self.region = region
         self._region_number: int | None = None if region else 0
+        # model -> (the partition its runs are routed to or None, until when that holds)
+        self._model_partitions: dict[str, tuple[int | None, float]] = {}
         self._ids = RequestIds(caller)
         self._inflight = InFlight(self._ids.client_id, region)
         self.caller = caller
@@ -215,8 +218,11 @@ class Operations:
         timeout = self._timeout(timeout_ms)
         rid = self._ids.next() if request_id is None else self._own_id(request_id)
         named = _named_inputs(inputs)
-        # A run goes where its stored inputs are (one slot), else to the next partition.
-        partition = self._partition_of_refs([v.key for _, v in named if isinstance(v, Ref)])
+        # A run goes where its stored inputs are (one slot), else where the operator
+        # routed its model (a pool of its own), else to the next partition.
+        refs = [v.key for _, v in named if isinstance(v, Ref)]
+        routed = self._model_partitions.get(model, (None, 0.0))[0]
+        partition = routed if routed is not None and not refs else self._partition_of_refs(refs)
         base = keys.partition_tag(partition, self.region)
         slots = []
         for position, (name, value) in enumerate(named):
@@ -285,6 +291,7 @@ class Operations:
         version. ``request_id``: the id to run under (feedback joins on it; unique
         among this client's runs in flight), instead of a generated one.
         """
+        yield from self._learn_partition(model)
         submit = self._run_request(model, inputs, version, timeout_ms, keep_keys, unit,
                                    request_id)
         return (yield from self._answer(submit))
@@ -302,6 +309,7 @@ class Operations:
     ) -> Plan[dict[str, np.ndarray]]:
         """One call: inputs in, output arrays by name out; errors raise (``unit``: as
         for :meth:`run`)."""
+        yield from self._learn_partition(model)
         submit = self._run_request(model, inputs, version, timeout_ms, keep_keys, unit)
         result = yield from self._answer(submit)
         return result.raise_for_error().outputs
@@ -739,6 +747,33 @@ class Operations:
             if found is not None:
                 self._spread, self._spread_due = found, now + 1.0
         return self._spread
+
+    def _learn_partition(self, model: str) -> Plan[None]:
+        """Where the operator routed ``model`` (:meth:`set_model_partition`), looked up
+        again at most every MODEL_ROUTE_TTL_S."""
+        known = self._model_partitions.get(model)
+        if (known is not None and known[1] > time.monotonic()) or not keys.is_model_name(model):
+            return
+        value = yield Call(("GET", keys.model_key(model, "partition")),
+                           route=keys.model_base(model))
+        text = _text(value) if value is not None else ""
+        partition = int(text) if text.isdigit() else None
+        self._model_partitions[model] = (partition, time.monotonic() + MODEL_ROUTE_TTL_S)
+
+    @operation
+    def set_model_partition(self, name: str, partition: int | None) -> Plan[None]:
+        """Route every run of model ``name`` that has no stored inputs to ``partition``
+        (None: back to the client's own partitions), so that a pool of workers of its
+        own (``inferis worker --models NAME``) serves it. Clients look again within
+        MODEL_ROUTE_TTL_S."""
+        _check_model(name)
+        key = keys.model_key(name, "partition")
+        if partition is None:
+            yield Call(("DEL", key), True, route=key)
+        else:
+            _check_int("partition", partition, 0)
+            yield Call(("SET", key, partition), True, route=key)
+        self._model_partitions.pop(name, None)
 
     def _partition_of_refs(self, ref_keys: Sequence[str]) -> int:
         """The partition of a run's stored keys (all under one partition's tag), or the

@@ -172,6 +172,7 @@ class Client(Operations):
         (``units``: one per run, as ``unit`` of :meth:`run`)."""
         if units is not None and len(units) != len(batch):
             raise ArgumentError(f"units has {len(units)} items for {len(batch)} runs")
+        self._perform(self._learn_partition(model))
         plans, steps = [], []
         for index, inputs in enumerate(batch):
             unit = units[index] if units is not None else None

@@ -27,6 +27,10 @@ class WorkerConfig:
         "auto", "partitions to serve: auto (0 on one Redis; in a cluster, those whose slots "
         "the shard of the first node of --redis holds, followed as slots move), all, or 0,1,..."
     )
+    models: str = _opt(
+        "", "serve only the partitions these models are routed to (comma-separated; "
+        "inferis model route NAME --partition N): a pool of their own, scaled apart"
+    )
     cluster_partitions: int = _opt(
         16, "in a cluster, how many partitions spread over the slots (as the clients' partitions=)"
     )

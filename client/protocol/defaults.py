@@ -93,3 +93,9 @@ MAX_BY_BYTES = 256
 # in the order of inferis:regions; region n numbers its versions n mod VERSION_STRIDE.
 MAX_REGIONS = 15
 VERSION_STRIDE = 16
+
+# ---------------------------------------------------------------- model pools
+
+# How long a client trusts what it read of a model's route (inferis:{M}:partition,
+# the partition a pool of workers of its own serves) before it reads it again.
+MODEL_ROUTE_TTL_S = 5.0

@@ -89,6 +89,15 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "stats", parents=[common], help="requests, errors and mean times per model"
     )
     stats.add_argument("names", nargs="*", help="models (default: all)")
+    route = msub.add_parser(
+        "route", parents=[common],
+        help="send a model's runs to a partition of its own, for a pool of its own",
+    )
+    route.add_argument("name")
+    where = route.add_mutually_exclusive_group(required=True)
+    where.add_argument("--partition", type=int, help="the partition its runs go to")
+    where.add_argument("--clear", action="store_true",
+                       help="back to the clients' own partitions")
     lifecycle.add_commands(msub, common)
     cache.add_commands(msub, common)
     quantize.add_commands(msub, common)
@@ -229,6 +238,12 @@ def cmd_model(ns: argparse.Namespace) -> int:
             _audit(client, ns.name, ns.count)
         elif ns.model_command == "stats":
             _stats(client, ns.names)
+        elif ns.model_command == "route":
+            client.set_model_partition(ns.name, None if ns.clear else ns.partition)
+            print(f"{ns.name}: runs go to "
+                  + ("the clients' own partitions" if ns.clear else f"partition {ns.partition}")
+                  + (f"; serve it with: inferis worker --models {ns.name}"
+                     if not ns.clear else ""))
         elif ns.model_command in lifecycle.COMMANDS:
             lifecycle.run(client, ns)
         elif ns.model_command in cache.COMMANDS:

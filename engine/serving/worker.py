@@ -264,10 +264,13 @@ class Worker:
         """The partitions to serve now (their slots may have moved); lanes follow.
         A lane that goes first brings back its read and sends what it owes."""
         assert self._routes is not None
-        wanted = partitions.assigned(
-            self.config.partitions, self._routes, self.config.cluster_partitions, self._home,
-            self.config.region,
-        )
+        if self.config.models:
+            wanted = self.model_partitions()
+        else:
+            wanted = partitions.assigned(
+                self.config.partitions, self._routes, self.config.cluster_partitions,
+                self._home, self.config.region,
+            )
         self._leaving = {n for n in self._lanes if n not in wanted}
         for number in wanted:
             if number not in self._lanes:
@@ -286,6 +289,21 @@ class Worker:
             del self._lanes[number]
             self._leaving.discard(number)
             log.info("no longer serving %s (its slot moved)", lane.stream)
+
+    def model_partitions(self) -> list[int]:
+        """--models: the partitions the operator routed these models to (a pool of
+        their own); a model not routed yet is looked for again at the next refresh."""
+        assert self._redis is not None
+        names = [n.strip() for n in self.config.models.split(",") if n.strip()]
+        found = set()
+        for name in names:
+            value = self._redis.get(keys.model_key(name, "partition"))
+            if value is not None and value.isdigit():
+                found.add(int(value))
+            else:
+                log.warning("model %s is not routed to a partition of its own "
+                            "(inferis model route %s --partition N)", name, name)
+        return sorted(found)
 
     def lane_connection(self, stream: str) -> Any:
         assert self._routes is not None
@@ -346,6 +364,8 @@ class Worker:
         if now >= self._next_alias_look:  # in case a notice was missed
             self._lifecycle.look_again()
             self._next_alias_look = now + ALIAS_LOOK_S
+            if self.config.models:  # a model routed (or re-routed) since
+                self.assign_partitions()
             self.export_queue_depth()
         if clustered and now >= self._next_refresh:
             self.follow_the_cluster()
