@@ -9,9 +9,11 @@ seconds, so reading stats never costs the hot path a round trip.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,9 @@ from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from inferis.client.protocol import commands, keys
+from inferis.client.protocol.defaults import GROUP
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -107,6 +112,38 @@ CACHE_EVICTIONS = Counter(
     "inferis_cache_evictions_total",
     "Cached answers deleted to keep a model's entries per partition within max_entries",
     ["model"],
+)
+
+# The scaling signal (README "Scaling"): what waits, per partition, and how busy each
+# worker is. Every worker serving a partition exports the same partition values, so
+# aggregate them with max by (partition), not sum.
+QUEUE_LAG = Gauge(
+    "inferis_queue_lag",
+    "Request entries added and not yet delivered to the consumer group, per partition "
+    "served (XINFO GROUPS lag; XLEN - pending when Redis cannot tell)",
+    ["partition"],
+)
+QUEUE_PENDING = Gauge(
+    "inferis_queue_pending",
+    "Request entries delivered to a worker and not yet answered (held, running or left by "
+    "a worker that died), per partition served (XPENDING)",
+    ["partition"],
+)
+OLDEST_WAIT = Gauge(
+    "inferis_oldest_wait_seconds",
+    "Age of the oldest request entry not yet answered (undelivered or pending), from its "
+    "entry id's time on the Redis clock; 0 when there is none",
+    ["partition"],
+)
+WORKER_BUSY = Gauge(
+    "inferis_worker_busy_ratio",
+    "Share of the last seconds this worker spent running requests (its run slices) "
+    "rather than waiting for work",
+)
+WORKER_BUSY_SECONDS = Counter(
+    "inferis_worker_busy_seconds",
+    "Seconds this worker spent running requests (its run slices); rate() of it is the "
+    "busy ratio over any window",
 )
 
 
@@ -259,3 +296,142 @@ def _add_cache_counts(pipe: Any, pending: dict[tuple[str, int], _Counts]) -> Non
         stats = keys.model_key(model, "stats")
         pipe.hincrby(stats, "cache_hits", hits)
         pipe.hincrby(stats, "cache_misses", misses)
+
+
+# The busy ratio covers about this long: a few export intervals, so one slow slice
+# does not swing it, and a minute of idling shows within seconds.
+BUSY_WINDOW_S = 10.0
+
+
+@dataclass
+class StreamSignal:
+    """What waits on one request stream."""
+
+    lag: int  # entries not yet delivered to the group
+    pending: int  # delivered, not yet answered
+    oldest_wait_s: float  # age of the oldest of either; 0 when there is none
+
+
+class ScalingSignal:
+    """One worker's part of the scaling signal. The hot path only adds each run
+    slice's duration to a float (``ran``); ``export``, every few seconds, turns it
+    into the busy ratio and reads each served partition's lag, pending count and
+    oldest wait from Redis. Exporting never raises: it is telemetry, never in the
+    way of serving."""
+
+    def __init__(self, window_s: float = BUSY_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.busy_s = 0.0
+        self._counted_s = 0.0  # busy time already added to the counter
+        self._samples: deque[tuple[float, float]] = deque([(time.monotonic(), 0.0)])
+        self._partitions: set[str] = set()
+
+    def ran(self, seconds: float) -> None:
+        self.busy_s += seconds
+
+    def busy_ratio(self, now: float | None = None) -> float:
+        """Busy time over wall time since the newest sample at least ``window_s`` old."""
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, self.busy_s))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        since, busy_then = self._samples[0]
+        elapsed = now - since
+        return min(1.0, (self.busy_s - busy_then) / elapsed) if elapsed > 0 else 0.0
+
+    def export(
+        self, streams: dict[str, str], node_of: Callable[[str], Any], now_ms: int
+    ) -> None:
+        """Set the gauges: ``streams`` maps each served partition's label to its
+        request stream, ``node_of`` names the Redis holding a key, ``now_ms`` is
+        Redis time."""
+        WORKER_BUSY.set(self.busy_ratio())
+        WORKER_BUSY_SECONDS.inc(self.busy_s - self._counted_s)
+        self._counted_s = self.busy_s
+        try:
+            signals = read_signals(list(streams.values()), node_of, now_ms)
+        except Exception as exc:  # telemetry: never in the way of serving
+            log.debug("could not read the scaling signal: %s", exc)
+            return
+        for partition, stream in streams.items():
+            found = signals.get(stream)
+            if found is not None:
+                QUEUE_LAG.labels(partition).set(found.lag)
+                QUEUE_PENDING.labels(partition).set(found.pending)
+                OLDEST_WAIT.labels(partition).set(found.oldest_wait_s)
+        for gone in self._partitions - set(streams):  # a slot that moved away
+            for gauge in (QUEUE_LAG, QUEUE_PENDING, OLDEST_WAIT):
+                with contextlib.suppress(KeyError):  # never set: nothing to remove
+                    gauge.remove(gone)
+        self._partitions = set(streams)
+
+
+def read_signals(
+    streams: list[str], node_of: Callable[[str], Any], now_ms: int
+) -> dict[str, StreamSignal]:
+    """Lag, pending count and oldest wait of each stream: one pipelined round trip
+    per node, and one more only where entries wait undelivered. A stream (or node)
+    that cannot be read is left out."""
+    by_node: dict[int, tuple[Any, list[str]]] = {}
+    for stream in streams:
+        node = node_of(stream)
+        by_node.setdefault(id(node), (node, []))[1].append(stream)
+    found: dict[str, StreamSignal] = {}
+    for node, names in by_node.values():
+        try:
+            found.update(_read_node(node, names, now_ms))
+        except Exception as exc:  # that shard only: the others still report
+            log.debug("could not read the scaling signal of %s: %s", names, exc)
+    return found
+
+
+def _read_node(node: Any, streams: list[str], now_ms: int) -> dict[str, StreamSignal]:
+    pipe = node.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, GROUP)
+        pipe.xlen(stream)
+    replies = pipe.execute(raise_on_error=False)
+    counts: dict[str, tuple[int, int, list[int]]] = {}
+    undelivered: dict[str, str] = {}  # stream -> its group's last delivered id
+    for i, stream in enumerate(streams):
+        groups, pending, length = replies[3 * i : 3 * i + 3]
+        if any(isinstance(r, Exception) for r in (groups, pending, length)):
+            continue  # no stream or group yet: the worker makes them when it connects
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        if group is None:
+            continue
+        held = int(pending["pending"])
+        lag = group.get("lag")
+        if lag is None:
+            # Redis cannot tell the lag when entries at or after the group's last
+            # delivered one were deleted while older ones are still pending (workers
+            # delete what they answer, out of order): every entry left in the stream
+            # is either pending or undelivered.
+            lag = max(0, int(length) - held)
+        ages = [_id_ms(pending["min"])] if held and pending.get("min") else []
+        counts[stream] = (int(lag), held, ages)
+        if lag:
+            undelivered[stream] = _text(group["last-delivered-id"])
+    if undelivered:
+        # The first undelivered entry is the oldest one waiting to be read.
+        pipe = node.pipeline(transaction=False)
+        for stream, last in undelivered.items():
+            pipe.xrange(stream, min="(" + last, max="+", count=1)
+        for stream, first in zip(undelivered, pipe.execute(raise_on_error=False),
+                                 strict=True):
+            if first and not isinstance(first, Exception):
+                counts[stream][2].append(_id_ms(first[0][0]))
+    return {
+        stream: StreamSignal(lag, held, max(0, now_ms - min(ages)) / 1000 if ages else 0.0)
+        for stream, (lag, held, ages) in counts.items()
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_ms(entry_id: bytes | str) -> int:
+    """A stream entry id's time: when it was added, in ms on the Redis clock."""
+    return int(_text(entry_id).partition("-")[0])

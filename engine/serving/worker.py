@@ -84,6 +84,7 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_refresh = 0.0
         self._stats = metrics.ModelStats(self.consumer)
+        self._signal = metrics.ScalingSignal()  # lag, pending, oldest wait, busy ratio
         self._lifecycle: Lifecycle | None = None
         self._next_alias_look = 0.0
         self._behind = False  # the last batch was full: requests are waiting
@@ -395,6 +396,10 @@ class Worker:
                 metrics.QUEUE_DEPTH.labels(str(number)).set(int(queued or 0))
         except redis.RedisError as exc:  # telemetry: never in the way of serving
             log.debug("could not read queue depths: %s", exc)
+        self._signal.export(
+            {str(n): lane.stream for n, lane in self._lanes.items()}, self.node_client,
+            self.now_ms(),
+        )
 
     def _held(self) -> set[str]:
         return self._cache.held_names() if self._cache is not None else set()
@@ -565,7 +570,7 @@ class Worker:
         if not self._scheduler.waiting:
             return
         assert self._executor is not None
-        started_ms = self.now_ms()
+        started_ms, started = self.now_ms(), time.perf_counter()
         finished, ran = self._scheduler.run_slice(self._executor.run, self.now_ms)
         by_stream: dict[str, list[Held]] = {}
         for held in finished:
@@ -573,6 +578,7 @@ class Worker:
         for stream, entries in by_stream.items():
             self.answer(stream, entries, [], started_ms)
         metrics.BATCH_SIZE.observe(len(ran))
+        self._signal.ran(time.perf_counter() - started)
 
     def answer(
         self, stream: str, finished: list[Held], dead: list[Settlement], started_ms: int
