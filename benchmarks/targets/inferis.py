@@ -10,7 +10,7 @@ import numpy as np
 from inferis.client import AsyncClient
 
 from ..loadgen import Caller
-from ..stack import InferisStack, request_inputs, store_workloads
+from ..stack import WORKER_ARGS, InferisStack, request_inputs, store_workloads
 from ..workloads import Workload
 from .base import RunConfig, Series, Target
 
@@ -30,11 +30,16 @@ class InferisTarget(Target):
 
     @classmethod
     def variants(cls, config: RunConfig) -> list[dict[str, object]]:
-        return [{"workers": n} for n in sorted({1, config.workers})]
+        # --sandbox auto (the default) runs TorchScript and TensorFlow models in the
+        # confined backend process; off runs them in the worker (trusted models).
+        return [{"workers": n, "sandbox": sandbox} for n in sorted({1, config.workers})
+                for sandbox in ("auto", "off")]
 
     async def start(self, workloads: list[Workload], config: RunConfig) -> None:
         workers = int(self.variant.get("workers", config.workers))  # type: ignore[arg-type]
-        self._stack = InferisStack(config.work_dir / "inferis", workers)
+        sandbox = str(self.variant.get("sandbox", "auto"))
+        self._stack = InferisStack(config.work_dir / "inferis", workers,
+                                   [*WORKER_ARGS, "--sandbox", sandbox])
         self.url = url = await asyncio.to_thread(self._stack.start, config.start_timeout_s)
         ttl = {"ttl_ms": config.inferis_ttl_ms} if config.inferis_ttl_ms else {}
         self.client = AsyncClient(url, timeout_ms=int(config.request_timeout_s * 1000), **ttl)
@@ -44,6 +49,7 @@ class InferisTarget(Target):
         self.settings = {
             "version": importlib.metadata.version("inferis"),
             "workers": workers,
+            "sandbox": sandbox,
             "batch": {"max_batch_size": size, "max_queue_delay_us": delay},
             "client_ttl_ms": self.client.ttl_ms,
             "redis": "private redis-server, appendonly yes, appendfsync everysec",
