@@ -48,6 +48,7 @@ from .protocol.entries import InputSlot, OutputSlot, RunRequest
 from .protocol.errors import (
     ArgumentError,
     DigestError,
+    InferisError,
     PermissionDeniedError,
     RedisRefusedError,
 )
@@ -754,8 +755,15 @@ class Operations:
         known = self._model_partitions.get(model)
         if (known is not None and known[1] > time.monotonic()) or not keys.is_model_name(model):
             return
-        value = yield Call(("GET", keys.model_key(model, "partition")),
-                           route=keys.model_base(model))
+        try:
+            value = yield Call(("GET", keys.model_key(model, "partition")),
+                               route=keys.model_base(model))
+        except InferisError:
+            # Redis away or the route unreadable: the run goes as it would have (and
+            # says itself what happened to it); the route is looked for again soon.
+            previous = known[0] if known is not None else None
+            self._model_partitions[model] = (previous, time.monotonic() + 1.0)
+            return
         text = _text(value) if value is not None else ""
         partition = int(text) if text.isdigit() else None
         self._model_partitions[model] = (partition, time.monotonic() + MODEL_ROUTE_TTL_S)

@@ -152,15 +152,18 @@ def _allow(ruleset: int, path: str, rights: int, handled: int) -> None:
 
 
 def python_paths() -> list[str]:
-    """Where this interpreter reads its code from: its prefixes, the import paths
-    inside them, and the directories of inferis's own packages (an editable install
-    keeps them in a source tree). Not every import path: ``python -m`` puts the
-    working directory there, which may hold the deployment's secrets."""
+    """Where this interpreter reads its code from: its prefixes and PYTHONPATH, the
+    import paths inside them, and the directories of inferis's own packages (an
+    editable install keeps them in a source tree). Not every import path: ``python
+    -m`` puts the working directory there, which may hold the deployment's secrets."""
     import inferis.client
     import inferis.engine
     import inferis.lua
 
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    # PYTHONPATH names code folders on purpose (the working directory gets in by accident)
+    prefixes.update(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                    if p and os.path.isabs(p))
     paths = set(prefixes)
     paths.update(
         p for p in sys.path
