@@ -9,8 +9,10 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from inferis.client.connection import sync_connection
+from inferis.client.protocol.keys import model_key
 from inferis.lua import ensure_library
 
 from ..config import ConfigError, WorkerConfig, add_worker_arguments, worker_argv
@@ -112,11 +114,36 @@ def _policy(ns: argparse.Namespace) -> Policy:
         raise ConfigError(str(exc)) from None
 
 
-def _autoscalers(policy: Policy, pools: Sequence[WorkerPool], region: str) -> list[Autoscaler]:
+def _autoscalers(
+    policy: Policy, pools: Sequence[WorkerPool], ns: argparse.Namespace
+) -> list[Autoscaler]:
     if policy.min_workers == policy.max_workers:
         return []
-    return [Autoscaler(pool, sync_connection(pool.redis_url), policy, region=region)
-            for pool in pools]
+    scalers = []
+    for pool in pools:
+        conn = sync_connection(pool.redis_url)
+        scalers.append(Autoscaler(pool, conn, policy, _watched_partitions(ns, conn),
+                                  region=ns.region))
+    return scalers
+
+
+def _watched_partitions(ns: argparse.Namespace, conn: Any) -> list[int]:
+    """The partitions whose queue the pool follows: those its workers serve."""
+    if ns.models:
+        routed = [conn.get(model_key(name.strip(), "partition"))
+                  for name in ns.models.split(",") if name.strip()]
+        found = sorted({int(v) for v in routed if v is not None and v.isdigit()})
+        if not found:
+            raise ConfigError(f"--models {ns.models}: none of them is routed to a partition "
+                              "(inferis model route NAME --partition N)")
+        return found
+    if ns.partitions.strip().lower() in ("auto", "all"):
+        return [0]
+    try:
+        return sorted({int(p) for p in ns.partitions.split(",") if p.strip()})
+    except ValueError:
+        raise ConfigError(f"--partitions takes auto, all or numbers like 0,1, got "
+                          f"{ns.partitions!r}") from None
 
 
 def _child_argv(ns: argparse.Namespace) -> list[str]:
@@ -252,7 +279,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
                  else f"{policy.min_workers} to {policy.max_workers} workers, following the queue")
     with started as (url, pools):
         print(f"inferis is up: {url} ({shape}). Ctrl-C stops it.", flush=True)
-        _serve_forever(pools, _autoscalers(policy, pools, ns.region))
+        _serve_forever(pools, _autoscalers(policy, pools, ns))
     print("inferis stopped.", flush=True)
     return 0
 
@@ -267,7 +294,7 @@ def cmd_autoscale(ns: argparse.Namespace) -> int:
     try:
         print(f"inferis autoscale: {policy.min_workers} to {policy.max_workers} workers on "
               f"{ns.redis.rsplit('@', 1)[-1]}. Ctrl-C stops them.", flush=True)
-        _serve_forever([pool], _autoscalers(policy, [pool], ns.region))
+        _serve_forever([pool], _autoscalers(policy, [pool], ns))
     finally:
         pool.stop()
     print("inferis autoscale stopped.", flush=True)

@@ -108,6 +108,10 @@ def test_autoscale_command_starts_min_workers_and_refuses_a_bad_range(
     bad = subprocess.run([*base, "autoscale", "--redis", redis_server.url, "--workers", "3:2"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("error: EARGS"), bad.stderr
+    unrouted = subprocess.run([*base, "autoscale", "--redis", redis_server.url,
+                               "--workers", "1:2", "--models", "nosuch"],
+                              capture_output=True, text=True, timeout=60)
+    assert unrouted.returncode == 1 and "not routed" in unrouted.stderr, unrouted.stderr
     clustered = subprocess.run([*base, "up", "--cluster", "2", "--workers", "1:2"],
                                capture_output=True, text=True, timeout=60)
     assert clustered.returncode == 1 and "error: EARGS" in clustered.stderr
