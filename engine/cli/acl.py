@@ -27,8 +27,9 @@ def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                           "so its queue bound per caller cannot be dodged (with --prefix: "
                           "without one its tensor pattern covers every partition key)")
     cmd.add_argument("--apply", action="store_true",
-                     help="run it on --redis (every node of a redis+cluster:// URL; ACLs "
-                          "are not replicated, so apply it on every node of a replicated set)")
+                     help="run it on every data node of --redis: the node of a redis:// URL, "
+                          "the primary and replicas of a sentinel URL, every node of a "
+                          "cluster URL (ACLs are not replicated)")
     cmd.add_argument("--redis", default="redis://localhost:6379")
     cmd.set_defaults(handler=cmd_acl)
 
