@@ -42,6 +42,10 @@ class Lane:
         self.unsent: list[Command | Plain] = []
         self.sent: list[Command | Plain] = []  # written, their replies not yet read
         self.reading = False  # a blocking read is out
+        # A read was cut off (its connection dropped): what it delivered is pending
+        # under our name, and the next read asks for our pending entries (id 0)
+        # rather than waiting the reclaim timeout for them.
+        self.recover = False
         # After a connection error only this lane waits (its node may be dying,
         # the others are not): no write before retry_at.
         self.retry_at = 0.0
@@ -58,11 +62,12 @@ class Lane:
         if self.conn is None:
             self.conn = self._connect(self.stream)
         commands = [c.as_args() for c in self.unsent]
-        block = ["BLOCK", block_ms] if block_ms is not None else []
+        block = ["BLOCK", block_ms] if block_ms is not None and not self.recover else []
         commands.append([
             "XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count, *block,
-            "STREAMS", self.stream, ">",
+            "STREAMS", self.stream, "0" if self.recover else ">",
         ])
+        self.recover = False
         self.conn.send_packed_command([pack(commands)], check_health=False)
         self.sent, self.unsent = self.unsent, []
         self.reading = True
@@ -113,6 +118,7 @@ class Lane:
         """Drop the connection (after an error); what it owes stays owed."""
         self.unsent = [*self.sent, *self.unsent]
         self.sent = []
+        self.recover = self.recover or self.reading
         self.reading = False
         if self.conn is not None:
             try:

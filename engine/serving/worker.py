@@ -361,6 +361,14 @@ class Worker:
         except _REDIS_DOWN:
             if not clustered:
                 raise  # kept, flushed once the stats' shard is back
+        except redis.ResponseError as exc:
+            # Telemetry (the counts are kept for the next flush): never a reason to
+            # drop the lanes and what their reads delivered. A primary that lost the
+            # library gets it back at the next look at the cluster.
+            log.warning("could not flush stats (%s); kept for the next flush", exc)
+            self._next_refresh = 0.0
+            if not clustered:
+                self.ensure_library(thorough=True)
         assert self._lifecycle is not None
         if now >= self._next_alias_look:  # in case a notice was missed
             self._lifecycle.look_again()
@@ -554,6 +562,8 @@ class Worker:
         """Admit and prepare one stream's entries and hold them for their turn; what
         cannot run (dead letters, requests that failed their checks) is settled now."""
         assert self._executor is not None
+        # a lane recovering its own pending entries (id 0) sees those held here too
+        raw = [(i, f) for i, f in raw if not self._scheduler.holds(stream, i)]
         started_ms = self.now_ms()
         batch = admit(stream, raw, self.config.max_deliveries, deliveries)
         self._executor.prepare(batch.requests, started_ms)
