@@ -47,19 +47,27 @@ def _timed(marks: dict[str, list[float]], name: str, fn: Callable[..., Any]) -> 
 def _worker(url: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     """A worker whose round trips and phases are stamped (in its own process)."""
     from inferis.engine.config import WorkerConfig
-    from inferis.engine.serving import executor, worker
+    from inferis.engine.serving import executor, lanes, worker
 
-    trips: list[tuple[float, float]] = []
+    # When the worker wrote (its answers ride with its next read) and when a read's
+    # reply reached it.
+    writes: list[float] = []
+    reads: list[float] = []
     phases: dict[str, list[float]] = {}
-    plain = worker.roundtrip
+    write_read, finish_read = lanes.Lane.write_read, lanes.Lane.finish_read
 
-    def roundtrip(conn: Any, commands: Any) -> Any:
-        sent = time.perf_counter()
-        replies = plain(conn, commands)
-        trips.append((sent, time.perf_counter()))
-        return replies
+    def stamped_write(self: Any, *args: Any) -> None:
+        writes.append(time.perf_counter())
+        write_read(self, *args)
 
-    worker.roundtrip = roundtrip
+    def stamped_read(self: Any) -> Any:
+        reply = finish_read(self)
+        if reply:
+            reads.append(time.perf_counter())
+        return reply
+
+    lanes.Lane.write_read = stamped_write  # type: ignore[method-assign]
+    lanes.Lane.finish_read = stamped_read  # type: ignore[method-assign]
     for name in ("admit", "settle", "record"):
         setattr(worker, name, _timed(phases, name, getattr(worker, name)))
     executor.Executor.prepare = _timed(phases, "prepare", executor.Executor.prepare)
@@ -68,7 +76,7 @@ def _worker(url: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-
     w = worker.Worker(WorkerConfig(redis_url=url))
 
     def stop(*_: object) -> None:
-        out.put((trips, phases))
+        out.put((writes, reads, phases))
         w.stop()
 
     signal.signal(signal.SIGUSR1, stop)
@@ -137,16 +145,17 @@ def run_breakdown(requests: int, work_dir: Path) -> dict[str, Any]:
     finally:
         sync.roundtrip = plain
         os.kill(proc.pid, signal.SIGUSR1)
-        worker_trips, phases = queue.get(timeout=30)
+        worker_writes, worker_reads, phases = queue.get(timeout=30)
         proc.join(10)
         server.stop()
-    return _split(totals, trips, worker_trips, phases, stats, pings, requests)
+    return _split(totals, trips, worker_writes, worker_reads, phases, stats, pings, requests)
 
 
 def _split(
     totals: list[tuple[float, float]],
     client_trips: list[tuple[float, float, int]],
-    worker_trips: list[tuple[float, float]],
+    worker_writes: list[float],
+    worker_reads: list[float],
     phases: dict[str, list[float]],
     stats: dict[str, Any],
     pings: list[float],
@@ -154,9 +163,7 @@ def _split(
 ) -> dict[str, Any]:
     # One client round trip per predict carries the enqueue and the blocking read.
     reads = [t for t in client_trips if t[2] > 1]
-    worker_trips.sort()
-    sent = [a for a, _ in worker_trips]
-    returned = [b for _, b in worker_trips]
+    sent, returned = sorted(worker_writes), sorted(worker_reads)
     parts: dict[str, list[float]] = {k: [] for k in (
         "client: build and send", "to the worker", "worker: serve", "back to the client",
         "client: decode and return", "total",
