@@ -111,6 +111,7 @@ class Tap(threading.Thread):
         self.region = region
         self.writes: queue.Queue[Write] = queue.Queue()
         self.applied_offset = 0  # set by the replicator: every link has applied up to here
+        self.seen_end = 0  # the offset of everything read so far (writes queued first)
         self.last_seen = time.monotonic()
         self.error: BaseException | None = None
         self._sock = socket.create_connection(("127.0.0.1", region.server.port))
@@ -163,15 +164,16 @@ class Tap(threading.Thread):
                 continue
             else:
                 batch = [command]
-            if batch and batch[0][0].upper() == b"SET" and batch[0][1] == MARKER.encode():
-                self.applied_offset = max(self.applied_offset, offset + reader.consumed)
-                continue  # the replicator's own apply, echoed back
-            writes = [c for c in batch if c[0].upper() not in (b"PING", b"SELECT")]
             end = offset + reader.consumed
-            if writes:
+            echoed = bool(batch) and batch[0][0].upper() == b"SET" and (
+                batch[0][1] == MARKER.encode()
+            )
+            writes = [c for c in batch if c[0].upper() not in (b"PING", b"SELECT")]
+            if writes and not echoed:  # an echo is the replicator's own apply
                 self.writes.put(Write(self.region.name, writes, self.region.clock_ms(), end))
-            else:
-                self.applied_offset = max(self.applied_offset, end)
+            # after the write is queued: the replicator never acknowledges past a write
+            # it has not seen
+            self.seen_end = end
 
     def _acknowledge(self) -> None:
         while not self._stopping:
@@ -216,7 +218,6 @@ class Replicator:
         self._stamps: dict[str, dict[Any, tuple[float, int]]] = {r.name: {} for r in regions}
         self._taps = {r.name: Tap(r) for r in regions}
         self.unknown: set[bytes] = set()
-        self._last_end: dict[str, int] = {}  # per region: the end offset of its last write
         self.applied = 0
         self._lock = threading.Lock()
         self._stopping = False
@@ -307,18 +308,18 @@ class Replicator:
                         moved += 1
                     link.backlog.clear()
             for name, tap in self._taps.items():
+                seen = tap.seen_end  # read before looking at the queue (see Tap)
                 waiting = [w.end_offset for (src, _), link in self.links.items() if src == name
                            for w in link.backlog[:1]]
-                if not waiting and tap.writes.empty():
-                    tap.applied_offset = max(tap.applied_offset, self._last_end.get(name, 0))
-                elif waiting:
+                if waiting:
                     tap.applied_offset = max(tap.applied_offset, min(waiting) - 1)
+                elif tap.writes.empty():
+                    tap.applied_offset = max(tap.applied_offset, seen)
         self.applied += moved
         return moved
 
     def _stamp(self, region: str, write: Write) -> None:
         """A region's own write sets the last-write-wins state there too."""
-        self._last_end[region] = write.end_offset
         order = (write.ts_ms, -self.regions[region].index)
         stamps = self._stamps[region]
         for command in write.commands:
