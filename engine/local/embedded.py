@@ -184,7 +184,9 @@ class EmbeddedRedis:
             self.probe().shutdown()
         except redis.ConnectionError:
             pass  # the expected end of SHUTDOWN
-        except redis.ResponseError:
+        except (redis.ResponseError, redis.TimeoutError):
+            # refused, or waiting on a replica that does not catch up: SIGTERM
+            # shuts down too (and saves the AOF) without waiting for replicas
             self.process.terminate()
         try:
             self.process.wait(timeout_s)

@@ -283,7 +283,7 @@ def test_a_dead_regions_acknowledged_requests_are_answered_by_another(
         replicator.isolate("ap")
         for process in pools.pop("ap").processes:  # ap dies: no drain, no goodbye
             process.kill()
-        ap.server.stop()
+        ap.server.kill()
     us_conn = us.client()
     answered_before = set(_answers(us_conn))
     takeover = _start_worker(us.server.url, "ap", us_conn)
