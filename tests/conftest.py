@@ -5,7 +5,11 @@ Nothing here mocks Redis or a backend. Models are built by the tests.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import redis
 from inferis.client import Client
 from inferis.client.protocol import keys as K
 from inferis.client.protocol.defaults import GROUP
-from inferis.engine.local.embedded import EmbeddedRedis
+from inferis.engine.local.embedded import EmbeddedRedis, free_port
 from inferis.engine.local.supervisor import WorkerPool
 from inferis.lua import ensure_library
 
@@ -111,3 +115,27 @@ def iris() -> models.IrisModel:
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(7)
+
+
+@contextlib.contextmanager
+def running_gateway(redis_url: str) -> Iterator[int]:
+    """A real ``inferis gateway`` process on a free port (yielded), once it answers
+    its liveness probe; stopped at the end, and it must stop cleanly."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferis.engine", "gateway", "--redis", redis_url,
+         "--port", str(port), "--log-level", "WARNING"],
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=1)
+            break
+        except OSError:
+            assert process.poll() is None, "the gateway exited"
+            assert time.monotonic() < deadline, "the gateway did not come up"
+            time.sleep(0.1)
+    yield port
+    process.terminate()
+    process.wait(20)
+    assert process.returncode in (0, -15), "the gateway did not stop cleanly"

@@ -80,26 +80,17 @@ def _slow_then_fast(url: str, r: redis.Redis, start_workers: WorkerFactory, *arg
 
 
 @pytest.mark.parametrize("read_ahead", ["4096", "1"], ids=["in-turn", "stream-order"])
-def test_a_slow_models_backlog_does_not_hold_up_a_fast_model(
-    redis_server: EmbeddedRedis, r: redis.Redis, start_workers: WorkerFactory, read_ahead: str
+@pytest.mark.parametrize("late_model", ["scale", "slow"],
+                         ids=["a-fast-model-behind-a-slow-backlog",
+                              "another-caller-of-the-same-model-behind-a-flood"])
+def test_a_backlog_does_not_hold_up_the_others(
+    redis_server: EmbeddedRedis, r: redis.Redis, start_workers: WorkerFactory, read_ahead: str,
+    late_model: str,
 ) -> None:
     left = _slow_then_fast(
-        redis_server.url, r, start_workers, "--read-ahead", read_ahead, fast_model="scale"
+        redis_server.url, r, start_workers, "--read-ahead", read_ahead, fast_model=late_model
     )
     if read_ahead == "1":  # the control: in stream order, the backlog runs first
-        assert left < BACKLOG // 2
-    else:
-        assert left > BACKLOG // 2
-
-
-@pytest.mark.parametrize("read_ahead", ["4096", "1"], ids=["in-turn", "stream-order"])
-def test_a_callers_flood_does_not_hold_up_another_caller_of_the_same_model(
-    redis_server: EmbeddedRedis, r: redis.Redis, start_workers: WorkerFactory, read_ahead: str
-) -> None:
-    left = _slow_then_fast(
-        redis_server.url, r, start_workers, "--read-ahead", read_ahead, fast_model="slow"
-    )
-    if read_ahead == "1":
         assert left < BACKLOG // 2
     else:
         assert left > BACKLOG // 2

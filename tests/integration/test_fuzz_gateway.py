@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -20,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inferis.client import Client
-from inferis.engine.local.embedded import EmbeddedRedis, free_port
+from inferis.engine.local.embedded import EmbeddedRedis
 
-from ..conftest import WorkerFactory
+from ..conftest import WorkerFactory, running_gateway
 from ..models import scale_model
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -30,24 +26,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 @pytest.fixture
 def gateway(redis_server: EmbeddedRedis) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inferis.engine", "gateway", "--redis", redis_server.url,
-         "--port", str(port), "--log-level", "WARNING"],
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=1)
-            break
-        except OSError:
-            assert process.poll() is None, "the gateway exited"
-            assert time.monotonic() < deadline, "the gateway did not come up"
-            time.sleep(0.1)
-    yield "127.0.0.1", port
-    process.terminate()
-    process.wait(20)
-    assert process.returncode in (0, -15), "the gateway did not stop cleanly"
+    with running_gateway(redis_server.url) as port:
+        yield "127.0.0.1", port
 
 
 class Http:

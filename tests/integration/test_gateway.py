@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,33 +19,17 @@ from tritonclient.utils import InferenceServerException
 
 from inferis.client import Client
 from inferis.client.protocol import keys
-from inferis.engine.local.embedded import EmbeddedRedis, free_port
+from inferis.engine.local.embedded import EmbeddedRedis
 from inferis.engine.models.introspect import store_model
 
-from ..conftest import WorkerFactory
+from ..conftest import WorkerFactory, running_gateway
 from ..models import IrisModel, scale_model
 
 
 @pytest.fixture
 def gateway(redis_server: EmbeddedRedis) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "inferis.engine", "gateway", "--redis", redis_server.url,
-         "--port", str(port), "--log-level", "WARNING"],
-    )
-    url = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1)
-            break
-        except OSError:
-            assert process.poll() is None, "the gateway exited"
-            assert time.monotonic() < deadline, "the gateway did not come up"
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(20)
+    with running_gateway(redis_server.url) as port:
+        yield f"127.0.0.1:{port}"
 
 
 def post(url: str, path: str, doc: dict) -> tuple[int, dict]:
