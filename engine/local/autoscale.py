@@ -46,6 +46,12 @@ class Policy:
                 f"workers must be MIN:MAX with 1 <= MIN <= MAX, got "
                 f"{self.min_workers}:{self.max_workers}"
             )
+        if self.target_per_worker < 1:
+            raise ValueError(f"the scale target must be at least 1 request per worker, got "
+                             f"{self.target_per_worker}")
+        for name, value in (("wait", self.target_wait_ms), ("cool-down", self.cooldown_s)):
+            if not 0 <= value < math.inf:  # also refuses nan
+                raise ValueError(f"the scale {name} must be a finite number >= 0, got {value}")
 
     def wanted(self, current: int, queued: int, oldest_wait_ms: float, now: float) -> int:
         """The pool size to have now."""

@@ -93,6 +93,10 @@ def test_policy_grows_at_once_and_shrinks_one_at_a_time_after_the_cooldown() -> 
     for bad in ("0:2", "3:2", "x", "1:"):
         with pytest.raises(ValueError):
             parse_range(bad)
+    for bad_policy in ({"target_per_worker": 0}, {"target_wait_ms": float("nan")},
+                       {"cooldown_s": -1}, {"cooldown_s": float("inf")}):
+        with pytest.raises(ValueError):
+            Policy(1, 2, **bad_policy)
 
 
 def test_autoscale_command_starts_min_workers_and_refuses_a_bad_range(
